@@ -1,0 +1,63 @@
+"""exits.py: hypercall table and vCPU exit dispatch (hvt-abi.md sections 8.2 and 13).
+
+handle_exit() is a plain function over the kvm_run bytes so that tests can feed it fabricated
+exits without KVM. It returns None to resume the guest, or the HALT argument GPA when the guest
+halts; everything fatal raises GuestFault with the upstream message.
+"""
+from collections.abc import Callable
+
+from ukvm import hvt_abi as hvt
+from ukvm.errors import GuestFault
+from ukvm.kvm import abi
+
+Handler = Callable[[int], None]
+
+
+class HypercallTable:
+    """Handlers indexed by hypercall number; each takes the argument GPA."""
+
+    def __init__(self):
+        self.handlers: list[Handler | None] = [None] * hvt.HVT_HYPERCALL_MAX
+
+    def register(self, nr: int, handler: Handler) -> None:
+        if not 0 < nr < hvt.HVT_HYPERCALL_MAX or nr == hvt.HVT_HYPERCALL_HALT:
+            raise ValueError(f"hypercall {nr} cannot be registered")
+        if self.handlers[nr] is not None:
+            raise ValueError(f"hypercall {nr} already registered")
+        self.handlers[nr] = handler
+
+
+def translation_fault(rip: int) -> GuestFault:
+    return GuestFault(f"KVM: host/guest translation fault: rip={rip:#x}")
+
+
+def handle_exit(run, table: HypercallTable, get_rip: Callable[[], int],
+                is_readonly: Callable[[int], bool]) -> int | None:
+    """Act on one exit described by the kvm_run area `run`."""
+    reason = abi.KVM_RUN_EXIT_REASON.unpack_from(run, abi.KVM_RUN_EXIT_REASON_OFFSET)[0]
+    if reason == abi.KVM_EXIT_IO:
+        direction, size, port, _count, data_offset = abi.KVM_RUN_IO.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
+        nr = port - hvt.HVT_HYPERCALL_PIO_BASE
+        if direction != abi.KVM_EXIT_IO_OUT or size != 4 or not 0 <= nr < hvt.HVT_HYPERCALL_MAX:
+            raise GuestFault(f"Invalid guest port access: port={port:#x}")
+        gpa = hvt.U32.unpack_from(run, data_offset)[0]
+        if nr == hvt.HVT_HYPERCALL_HALT:
+            return gpa
+        handler = table.handlers[nr]
+        if handler is None:
+            raise GuestFault(f"Invalid guest hypercall: num={nr}")
+        handler(gpa)
+        return None
+    if reason == abi.KVM_EXIT_FAIL_ENTRY:
+        code = abi.KVM_RUN_FAIL_ENTRY.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)[0]
+        raise GuestFault(f"KVM: entry failure: hw_entry_failure_reason={code:#x}")
+    if reason == abi.KVM_EXIT_INTERNAL_ERROR:
+        sub = abi.KVM_RUN_INTERNAL.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)[0]
+        raise GuestFault(f"KVM: internal error exit: suberror={sub:#x}")
+    if reason == abi.KVM_EXIT_MMIO:
+        # Hardware KVM reports a guest write to a host read-only page as EFAULT from KVM_RUN;
+        # kvm_pvm reports it as an MMIO write exit instead. Both are the same translation fault.
+        phys, _data, _len, is_write = abi.KVM_RUN_MMIO.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
+        if is_write and is_readonly(phys):
+            raise translation_fault(get_rip())
+    raise GuestFault(f"KVM: unhandled exit: exit_reason={reason:#x}, rip={get_rip():#x}")

@@ -1,0 +1,144 @@
+"""kvm/ioctls.py: /dev/kvm, VM and vCPU file descriptors; the only caller of fcntl.ioctl.
+
+Errors become KvmError with the upstream wording `KVM: ioctl (NAME) failed: <errno text>`.
+"""
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+
+from ukvm.errors import KvmError
+from ukvm.kvm import abi
+
+
+def _ioctl(fd: int, request: int, arg, name: str):
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    except OSError as e:
+        raise KvmError(f"KVM: ioctl ({name}) failed: {os.strerror(e.errno)}") from None
+
+
+class Kvm:
+    """An open /dev/kvm."""
+
+    def __init__(self, path: str = "/dev/kvm"):
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise KvmError(f"Could not open: {path}: {os.strerror(e.errno)}") from None
+        try:
+            version = _ioctl(self.fd, abi.KVM_GET_API_VERSION, 0, "GET_API_VERSION")
+            if version != abi.KVM_API_VERSION:
+                raise KvmError(f"KVM: API version is {version}, ukvm requires version {abi.KVM_API_VERSION}")
+        except KvmError:
+            self.close()
+            raise
+
+    def check_extension(self, cap: int) -> int:
+        return _ioctl(self.fd, abi.KVM_CHECK_EXTENSION, cap, "CHECK_EXTENSION")
+
+    def vcpu_mmap_size(self) -> int:
+        return _ioctl(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0, "GET_VCPU_MMAP_SIZE")
+
+    def supported_cpuid(self):
+        """The host's supported CPUID list; the buffer grows until KVM stops saying E2BIG."""
+        nent = 128
+        while True:
+            buf = abi.cpuid2_type(nent)()
+            buf.nent = nent
+            try:
+                fcntl.ioctl(self.fd, abi.KVM_GET_SUPPORTED_CPUID, buf)
+                return buf
+            except OSError as e:
+                if e.errno != errno.E2BIG or nent >= 4096:
+                    raise KvmError(f"KVM: ioctl (GET_SUPPORTED_CPUID) failed: {os.strerror(e.errno)}") from None
+                nent *= 2
+
+    def create_vm(self) -> "VmFd":
+        return VmFd(_ioctl(self.fd, abi.KVM_CREATE_VM, 0, "CREATE_VM"))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class VmFd:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def set_user_memory_region(self, slot: int, gpa: int, size: int, host_addr: int) -> None:
+        region = abi.kvm_userspace_memory_region(slot=slot, flags=0, guest_phys_addr=gpa,
+                                                 memory_size=size, userspace_addr=host_addr)
+        _ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region, "SET_USER_MEMORY_REGION")
+
+    def ioeventfd(self, port: int, length: int, efd: int) -> None:
+        arg = abi.kvm_ioeventfd(addr=port, len=length, fd=efd, flags=abi.KVM_IOEVENTFD_FLAG_PIO)
+        _ioctl(self.fd, abi.KVM_IOEVENTFD, arg, "IOEVENTFD")
+
+    def create_vcpu(self, kvm: Kvm, vcpu_id: int = 0) -> "VcpuFd":
+        fd = _ioctl(self.fd, abi.KVM_CREATE_VCPU, vcpu_id, "CREATE_VCPU")
+        try:
+            return VcpuFd(fd, kvm.vcpu_mmap_size())
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class VcpuFd:
+    """A vCPU and its shared kvm_run area (`run`), which the exit loop reads in place."""
+
+    def __init__(self, fd: int, mmap_size: int):
+        self.fd = fd
+        try:
+            self.run = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise KvmError(f"KVM: mmap of vcpu run area failed: {os.strerror(e.errno)}") from None
+
+    def get_regs(self) -> abi.kvm_regs:
+        regs = abi.kvm_regs()
+        _ioctl(self.fd, abi.KVM_GET_REGS, regs, "GET_REGS")
+        return regs
+
+    def set_regs(self, regs: abi.kvm_regs) -> None:
+        _ioctl(self.fd, abi.KVM_SET_REGS, regs, "SET_REGS")
+
+    def get_sregs(self) -> abi.kvm_sregs:
+        sregs = abi.kvm_sregs()
+        _ioctl(self.fd, abi.KVM_GET_SREGS, sregs, "GET_SREGS")
+        return sregs
+
+    def set_sregs(self, sregs: abi.kvm_sregs) -> None:
+        _ioctl(self.fd, abi.KVM_SET_SREGS, sregs, "SET_SREGS")
+
+    def set_cpuid2(self, cpuid) -> None:
+        _ioctl(self.fd, abi.KVM_SET_CPUID2, cpuid, "SET_CPUID2")
+
+    def get_fpu(self) -> abi.kvm_fpu:
+        fpu = abi.kvm_fpu()
+        _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "GET_FPU")
+        return fpu
+
+    def tsc_khz(self) -> int:
+        try:
+            return fcntl.ioctl(self.fd, abi.KVM_GET_TSC_KHZ, 0)
+        except OSError as e:
+            if e.errno == errno.EIO:
+                raise KvmError("KVM: host TSC is unstable, cannot continue") from None
+            raise KvmError(f"KVM: ioctl (GET_TSC_KHZ) failed: {os.strerror(e.errno)}") from None
+
+    def run_once(self) -> None:
+        """KVM_RUN; the GIL is released while the guest runs. OSError is left to the exit loop."""
+        fcntl.ioctl(self.fd, abi.KVM_RUN, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.run.close()
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,124 @@
+"""memory.py: guest physical memory, the only way to read or write it.
+
+Theory of operation: guest memory is one anonymous shared mapping registered with KVM at GPA 0.
+Two sizes matter: `size` is the whole allocation (it includes the network ring when there is one)
+and `limit` (M) is what hypercall pointers may reach. Every access on behalf of the guest goes
+through check()/check_writable(), which reject ranges outside [0, limit) and ranges that touch
+pages the loader made read-only or inaccessible on the host (writing there from Python would
+kill the tender with SIGSEGV). Addresses and lengths are Python ints, so `gpa + size` cannot
+wrap; values the guest gave as u64 are compared as such.
+"""
+import ctypes
+import mmap
+import os
+import struct
+
+from ukvm.errors import GuestMemoryError, KvmError
+
+PROT_NONE = 0
+MAP_NORESERVE = 0x4000   # not exported by the mmap module before Python 3.13
+PROT_READ = 1
+PROT_WRITE = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mprotect.restype = ctypes.c_int
+
+
+class GuestMemory:
+    def __init__(self, size: int):
+        try:
+            self._mm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
+                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise KvmError(f"Error allocating guest memory: {os.strerror(e.errno)}") from None
+        # SAFETY: the pin is dropped at once; the address stays valid while self._mm is open.
+        pin = ctypes.c_char.from_buffer(self._mm)
+        self.host_addr = ctypes.addressof(pin)
+        del pin
+        self.size = size
+        self.limit = size
+        self._readonly: list[tuple[int, int]] = []
+        self._noaccess: list[tuple[int, int]] = []
+
+    # --- checks -------------------------------------------------------------------------------
+    def check(self, gpa: int, size: int) -> None:
+        """Raise GuestMemoryError unless [gpa, gpa+size) lies in guest memory and is host-readable."""
+        if gpa >= self.limit or gpa + size > self.limit or gpa < 0 or size < 0:
+            raise GuestMemoryError(gpa, size)
+        for start, end in self._noaccess:
+            if gpa < end and gpa + size > start:
+                raise GuestMemoryError(gpa, size)
+
+    def check_writable(self, gpa: int, size: int) -> None:
+        self.check(gpa, size)
+        for start, end in self._readonly:
+            if gpa < end and gpa + size > start:
+                raise GuestMemoryError(gpa, size)
+
+    def is_readonly(self, gpa: int) -> bool:
+        return any(start <= gpa < end for start, end in self._readonly)
+
+    # --- guest-initiated access (checked against limit and protections) ------------------------
+    def view(self, gpa: int, size: int) -> memoryview:
+        """A read-only window on guest bytes; keep it short-lived (it pins the mapping)."""
+        self.check(gpa, size)
+        return memoryview(self._mm)[gpa:gpa + size].toreadonly()
+
+    def writable_view(self, gpa: int, size: int) -> memoryview:
+        self.check_writable(gpa, size)
+        return memoryview(self._mm)[gpa:gpa + size]
+
+    def read(self, gpa: int, size: int) -> bytes:
+        self.check(gpa, size)
+        return self._mm[gpa:gpa + size]
+
+    def unpack(self, st: struct.Struct, gpa: int) -> tuple:
+        self.check(gpa, st.size)
+        return st.unpack_from(self._mm, gpa)
+
+    def pack(self, st: struct.Struct, gpa: int, *values) -> None:
+        self.check_writable(gpa, st.size)
+        st.pack_into(self._mm, gpa, *values)
+
+    # --- tender-initiated set-up (checked against the whole allocation only) -------------------
+    def host_write(self, gpa: int, data) -> None:
+        if gpa < 0 or gpa + len(data) > self.size:
+            raise GuestMemoryError(gpa, len(data))
+        self._mm[gpa:gpa + len(data)] = data
+
+    def host_read(self, gpa: int, size: int) -> bytes:
+        if gpa < 0 or gpa + size > self.size:
+            raise GuestMemoryError(gpa, size)
+        return self._mm[gpa:gpa + size]
+
+    def load_from_file(self, fd: int, file_offset: int, gpa: int, size: int) -> int:
+        """Read `size` file bytes straight into guest memory (loader); returns bytes read."""
+        if gpa < 0 or gpa + size > self.size:
+            raise GuestMemoryError(gpa, size)
+        return self._preadv_full(fd, file_offset, gpa, size)
+
+    def _preadv_full(self, fd: int, file_offset: int, gpa: int, size: int) -> int:
+        done = 0
+        with memoryview(self._mm) as whole:
+            while done < size:
+                with whole[gpa + done:gpa + size] as window:
+                    n = os.preadv(fd, [window], file_offset + done)
+                if n == 0:
+                    break
+                done += n
+        return done
+
+    def protect(self, start: int, end: int, prot: int) -> None:
+        """Apply host page protection to [start, end) (page aligned) and remember it."""
+        # SAFETY: start/end were checked by the loader to lie inside the mapping and be page aligned.
+        if _libc.mprotect(self.host_addr + start, end - start, prot) != 0:
+            raise KvmError(f"mprotect failed: {os.strerror(ctypes.get_errno())}")
+        if prot == PROT_NONE:
+            self._noaccess.append((start, end))
+        elif not prot & PROT_WRITE:
+            self._readonly.append((start, end))
+
+    def close(self) -> None:
+        if not self._mm.closed:
+            self._mm.close()

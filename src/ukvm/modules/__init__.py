@@ -1,0 +1,44 @@
+"""modules: pluggable tender modules (core, block, net), in upstream's order.
+
+A module may accept command-line options (handle_arg), registers its hypercalls and poll fds in
+setup(), runs hooks on halt, and releases what it opened in close(). The VM knows modules only
+through this interface, so devices plug in without touching the core.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ukvm.manifest import Manifest
+
+if TYPE_CHECKING:
+    from ukvm.vm import VM
+
+# NAME in module options: 1-67 alphanumeric characters followed by '='.
+MODULE_OPTION = re.compile(r"--(?P<opt>[a-z-]+):(?P<name>[A-Za-z0-9]{1,67})=(?P<value>.*)\Z", re.S)
+
+
+class Module:
+    name = "?"
+    usage = ""
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    def handle_arg(self, arg: str) -> bool:
+        """Consume a command-line option; False if it is not ours."""
+        return False
+
+    def setup(self, vm: VM) -> None:
+        """Register hypercalls and poll fds; called once guest memory is loaded."""
+
+    def on_halt(self, vm: VM) -> None:
+        """Called when the guest halts, before the tender exits."""
+
+    def close(self) -> None:
+        """Release host resources (fds, threads)."""
+
+
+def default_modules(manifest: Manifest) -> list[Module]:
+    from ukvm.modules.core import CoreModule
+    return [CoreModule(manifest)]

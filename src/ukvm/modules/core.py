@@ -1,0 +1,80 @@
+"""modules/core.py: core hypercalls: WALLTIME, PUTS, POLL (hvt-abi.md 8.4-8.6).
+
+HALT is handled by the VM's run loop. POLL waits on the fds other modules register with
+add_pollfd(); with none it is a plain sleep.
+"""
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import TYPE_CHECKING
+
+from ukvm import hvt_abi as hvt
+from ukvm.modules import Module
+
+if TYPE_CHECKING:
+    from ukvm.vm import VM
+
+MAX_SLEEP_S = 3600.0   # long guest sleeps are taken in slices; a signal ends them anyway
+
+
+class CoreModule(Module):
+    name = "core"
+
+    def __init__(self, manifest):
+        super().__init__(manifest)
+        self.pollfds: dict[int, int] = {}      # host fd -> guest handle
+        self._epoll: select.epoll | None = None
+        self.stdout_fd = 1
+
+    def setup(self, vm: VM) -> None:
+        self.mem = vm.mem
+        vm.hypercalls.register(hvt.HVT_HYPERCALL_WALLTIME, self.hvt_hc_walltime)
+        vm.hypercalls.register(hvt.HVT_HYPERCALL_PUTS, self.hvt_hc_puts)
+        vm.hypercalls.register(hvt.HVT_HYPERCALL_POLL, self.hvt_hc_poll)
+
+    def add_pollfd(self, fd: int, handle: int) -> None:
+        if self._epoll is None:
+            self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
+        self.pollfds[fd] = handle
+
+    def hvt_hc_walltime(self, gpa: int) -> None:
+        self.mem.pack(hvt.hvt_hc_walltime, gpa, time.time_ns())
+
+    def hvt_hc_puts(self, gpa: int) -> None:
+        data, length = self.mem.unpack(hvt.hvt_hc_puts, gpa)
+        with self.mem.view(data, length) as buf:
+            write_all(self.stdout_fd, buf)
+
+    def hvt_hc_poll(self, gpa: int) -> None:
+        mem = self.mem
+        timeout_ns = mem.unpack(hvt.hvt_hc_poll, gpa)[0]
+        mem.check_writable(gpa, hvt.hvt_hc_poll.size)
+        ready_set = 0
+        nready = 0
+        if self._epoll is None:
+            deadline = time.monotonic() + timeout_ns / 1e9
+            while (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(left, MAX_SLEEP_S))
+        else:
+            for fd, _events in self._epoll.poll(min(timeout_ns / 1e9, MAX_SLEEP_S)):
+                ready_set |= 1 << self.pollfds[fd]
+                nready += 1
+        mem.pack(hvt.HVT_POLL_OUT, gpa + 8, ready_set, nready)
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+
+
+def write_all(fd: int, buf) -> None:
+    """Console output: all bytes, in order. A console nobody reads (EPIPE) drops the output."""
+    try:
+        while buf:
+            n = os.write(fd, buf)
+            buf = buf[n:]
+    except OSError:
+        pass

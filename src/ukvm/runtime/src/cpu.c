@@ -1,0 +1,115 @@
+/* cpu.c: the runtime's own GDT, TSS and IDT, and the fatal-trap report. */
+#include "runtime.h"
+
+#define MSR_FS_BASE 0xc0000100
+#define SEL_CODE 0x08
+#define SEL_DATA 0x10
+#define SEL_TSS 0x18
+#define TRAP_STACK_SIZE 4096
+#define NVECTORS 32
+
+struct tss {
+    uint32_t reserved0;
+    uint64_t rsp[3];
+    uint64_t reserved1;
+    uint64_t ist[7];
+    uint64_t reserved2;
+    uint16_t reserved3;
+    uint16_t iomap_base;
+} __attribute__((packed));
+
+struct idt_gate {
+    uint16_t offset_lo;
+    uint16_t selector;
+    uint8_t ist;
+    uint8_t type_attr;
+    uint16_t offset_mid;
+    uint32_t offset_hi;
+    uint32_t reserved;
+};
+
+struct dtr {
+    uint16_t limit;
+    uint64_t base;
+} __attribute__((packed));
+
+/* Pushed by the CPU and trap_entry (start.S), lowest address first. */
+struct trap_frame {
+    uint64_t cr2, ec, rip, cs, rflags, rsp, ss;
+};
+
+static uint64_t gdt[5] = {
+    0,
+    0x00af9b000000ffffULL,  /* 0x08: 64-bit code, DPL 0 */
+    0x00cf93000000ffffULL,  /* 0x10: data, DPL 0 */
+    0, 0                    /* 0x18: TSS, filled in below */
+};
+static struct tss tss;
+static struct idt_gate idt[NVECTORS];
+static uint8_t trap_stack[TRAP_STACK_SIZE] __attribute__((aligned(16)));
+static uint8_t fault_stack[TRAP_STACK_SIZE] __attribute__((aligned(16)));  /* NMI, #DF */
+
+extern char ukvm_trap_stubs[];  /* start.S: 16 bytes per vector */
+
+void cpu_set_fs_base(uint64_t base)
+{
+    __asm__ __volatile__("wrmsr" : : "c"(MSR_FS_BASE), "a"((uint32_t)base), "d"((uint32_t)(base >> 32)));
+}
+
+void cpu_init(void)
+{
+    uint64_t tb = (uint64_t)(uintptr_t)&tss;
+    tss.ist[0] = (uint64_t)(uintptr_t)(trap_stack + TRAP_STACK_SIZE);
+    tss.ist[1] = (uint64_t)(uintptr_t)(fault_stack + TRAP_STACK_SIZE);
+    tss.iomap_base = sizeof tss;
+    gdt[3] = (sizeof tss - 1) | ((tb & 0xffffff) << 16) | (0x89ULL << 40) | (((tb >> 24) & 0xff) << 56);
+    gdt[4] = tb >> 32;
+
+    for (int v = 0; v < NVECTORS; v++) {
+        uint64_t h = (uint64_t)(uintptr_t)(ukvm_trap_stubs + 16 * v);
+        idt[v].offset_lo = (uint16_t)h;
+        idt[v].selector = SEL_CODE;
+        idt[v].ist = (v == 2 || v == 8) ? 2 : 1;
+        idt[v].type_attr = 0x8e;  /* present, DPL 0, 64-bit interrupt gate */
+        idt[v].offset_mid = (uint16_t)(h >> 16);
+        idt[v].offset_hi = (uint32_t)(h >> 32);
+    }
+
+    struct dtr gdtr = { sizeof gdt - 1, (uint64_t)(uintptr_t)gdt };
+    struct dtr idtr = { sizeof idt - 1, (uint64_t)(uintptr_t)idt };
+    __asm__ __volatile__(
+        "lgdt %0\n\t"
+        "pushq %2\n\t"
+        "leaq 1f(%%rip), %%rax\n\t"
+        "pushq %%rax\n\t"
+        "lretq\n"
+        "1:\n\t"
+        "movl %3, %%eax\n\t"
+        "movl %%eax, %%ss\n\t"
+        "movl %%eax, %%ds\n\t"
+        "movl %%eax, %%es\n\t"
+        "ltr %w4\n\t"
+        "lidt %1"
+        :
+        : "m"(gdtr), "m"(idtr), "i"(SEL_CODE), "i"(SEL_DATA), "r"(SEL_TSS)
+        : "rax", "memory");
+}
+
+static const char *const trap_names[] = {
+    "#DE", "#DB", "#NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#9", "#TS", "#NP",
+    "#SS", "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#21", "#22", "#23",
+    "#24", "#25", "#26", "#27", "#28", "#29", "#30", "#31",
+};
+
+void ukvm_trap(uint64_t vec, struct trap_frame *f) __attribute__((noreturn));
+void ukvm_trap(uint64_t vec, struct trap_frame *f)
+{
+    int has_ec = vec == 8 || (vec >= 10 && vec <= 14) || vec == 17;
+    if (!has_ec)
+        f->cr2 = 0;
+    log_printf(LOG_INFO, "Solo5: trap: type=%s ec=0x%lx rip=0x%lx rsp=0x%lx rflags=0x%lx\n",
+               trap_names[vec & 31], f->ec, f->rip, f->rsp, f->rflags);
+    if (vec == 14)
+        log_printf(LOG_INFO, "Solo5: trap: cr2=0x%lx\n", f->cr2);
+    PANIC("Fatal trap", f);
+}

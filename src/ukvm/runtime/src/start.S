@@ -1,0 +1,63 @@
+/* start.S: entry point, exception entry stubs, and the notes every ukvm unikernel carries. */
+
+/* The host refuses to execute the image as a program: its interpreter does not exist. */
+    .section .interp, "a"
+    .balign 8
+    .asciz "/nonexistent/solo5/"
+    .balign 8
+
+/* ABI1 note: target hvt (1), ABI version 2. */
+    .section .note.solo5.abi, "a", @note
+    .balign 4
+    .long 6, 16, 0x31494241
+    .ascii "Solo5\0\0\0"
+    .long 1, 2, 0, 0
+
+/* Marks the image as not an OpenBSD program (only OpenBSD hosts look at it). */
+    .section .note.solo5.not_openbsd, "a", @note
+    .balign 4
+    .long 8, 4, 1
+    .ascii "OpenBSD\0"
+    .long 0
+
+    .section .text.boot, "ax"
+    .globl _start
+    .type _start, @function
+/* Entered in long mode, interrupts off, RDI = boot info, RSP = top of memory - 8. */
+_start:
+    andq $-16, %rsp
+    call ukvm_start
+1:  hlt
+    jmp 1b
+
+/*
+ * One 16-byte stub per exception vector 0-31. Stubs for vectors without a CPU error code push
+ * a zero so that every frame looks alike; all traps are fatal, so no registers are saved.
+ */
+    .text
+    .balign 16
+    .globl ukvm_trap_stubs
+ukvm_trap_stubs:
+    vec = 0
+    .rept 32
+    .balign 16
+    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    pushq $0
+    .endif
+    movl $vec, %edi
+    jmp trap_entry
+    vec = vec + 1
+    .endr
+
+/* Complete the frame (cr2, ec, rip, cs, rflags, rsp, ss) and report it; never returns. */
+trap_entry:
+    movq %cr2, %rax
+    pushq %rax
+    movq %rsp, %rsi
+    andq $-16, %rsp
+    call ukvm_trap
+1:  hlt
+    jmp 1b
+
+    .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,30 @@
+/* string.c: the few string helpers the runtime itself needs (kept local to the runtime). */
+#include "runtime.h"
+
+void *rt_memcpy(void *dst, const void *src, size_t n)
+{
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    while (n--)
+        *d++ = *s++;
+    return dst;
+}
+
+int rt_strncmp(const char *a, const char *b, size_t n)
+{
+    for (; n; n--, a++, b++) {
+        if (*a != *b)
+            return (unsigned char)*a - (unsigned char)*b;
+        if (*a == '\0')
+            return 0;
+    }
+    return 0;
+}
+
+size_t rt_strlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}

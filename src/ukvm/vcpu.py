@@ -1,0 +1,80 @@
+"""vcpu.py: x86_64 long-mode entry state for an hvt guest (hvt-abi.md sections 5.3-6).
+
+Identity page tables and the tender GDT are written into guest low memory; the vCPU gets
+control registers, segments, general registers and the host's supported CPUID list.
+"""
+from array import array
+
+from ukvm import hvt_abi as hvt
+from ukvm.kvm import abi
+from ukvm.kvm.ioctls import Kvm, VcpuFd
+from ukvm.memory import GuestMemory
+
+PTE_P = 0x1
+PTE_RW = 0x2
+PTE_PS = 0x80
+PAGE_2M = 2 << 20
+
+X86_CR0_PE = 1 << 0
+X86_CR0_NE = 1 << 5
+X86_CR0_WP = 1 << 16
+X86_CR0_PG = 1 << 31
+X86_CR4_PAE = 1 << 5
+X86_CR4_OSFXSR = 1 << 9
+X86_CR4_OSXMMEXCPT = 1 << 10
+X86_EFER_LME = 1 << 8
+X86_EFER_LMA = 1 << 10
+X86_RFLAGS_RESERVED = 1 << 1
+
+GDT_CODE64 = 0x00AF99000000FFFF   # selector 0x08
+GDT_DATA = 0x00CF93000000FFFF     # selector 0x10
+SEL_CODE = 0x08
+SEL_DATA = 0x10
+
+
+def write_page_tables(mem: GuestMemory) -> None:
+    """Identity-map the whole allocation: 2 MiB pages, with a 4 KiB table for the first 2 MiB."""
+    mem.host_write(hvt.HVT_PML4_BASE, array("Q", [hvt.HVT_PDPT_BASE | PTE_P | PTE_RW]).tobytes())
+    pdpt = [hvt.HVT_PD_BASE + i * 0x1000 | PTE_P | PTE_RW for i in range(4)]
+    mem.host_write(hvt.HVT_PDPT_BASE, array("Q", pdpt).tobytes())
+    pd = array("Q", [hvt.HVT_PT0_BASE | PTE_P | PTE_RW])
+    pd.extend(n * PAGE_2M | PTE_P | PTE_RW | PTE_PS for n in range(1, mem.size // PAGE_2M))
+    mem.host_write(hvt.HVT_PD_BASE, pd.tobytes())
+    # PT0: nothing below 0x10000, boot area read-only, 0x100000-0x1fffff read-write.
+    pt0 = array("Q", bytes(8 * 16))
+    pt0.extend(gpa | PTE_P for gpa in range(hvt.HVT_BOOT_INFO_BASE, hvt.HVT_GUEST_MIN_BASE, 0x1000))
+    pt0.extend(gpa | PTE_P | PTE_RW for gpa in range(hvt.HVT_GUEST_MIN_BASE, PAGE_2M, 0x1000))
+    mem.host_write(hvt.HVT_PT0_BASE, pt0.tobytes())
+
+
+def write_gdt(mem: GuestMemory) -> None:
+    mem.host_write(hvt.HVT_GDT_BASE, array("Q", [0, GDT_CODE64, GDT_DATA]).tobytes())
+
+
+def _segment(selector: int, code: bool) -> abi.kvm_segment:
+    return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=9 if code else 3,
+                           present=1, dpl=0, db=0 if code else 1, s=1, l=1 if code else 0, g=1)
+
+
+def initial_sregs() -> abi.kvm_sregs:
+    sregs = abi.kvm_sregs()
+    sregs.cs = _segment(SEL_CODE, code=True)
+    data = _segment(SEL_DATA, code=False)
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+    sregs.tr = abi.kvm_segment(type=11, present=1)
+    sregs.ldt = abi.kvm_segment(unusable=1)
+    sregs.gdt.base = hvt.HVT_GDT_BASE
+    sregs.gdt.limit = 3 * 8 - 1
+    sregs.cr0 = X86_CR0_PE | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG
+    sregs.cr3 = hvt.HVT_PML4_BASE
+    sregs.cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT
+    sregs.efer = X86_EFER_LME | X86_EFER_LMA
+    return sregs
+
+
+def setup_vcpu(kvm: Kvm, vcpu: VcpuFd, entry: int, mem_limit: int) -> None:
+    """Put the vCPU at `entry` in 64-bit mode, stack just below `mem_limit`, boot info in RDI."""
+    vcpu.set_cpuid2(kvm.supported_cpuid())
+    vcpu.set_sregs(initial_sregs())
+    regs = abi.kvm_regs(rip=entry, rsp=mem_limit - 8, rdi=hvt.HVT_BOOT_INFO_BASE, rflags=X86_RFLAGS_RESERVED)
+    vcpu.set_regs(regs)

@@ -1,0 +1,186 @@
+"""vm.py: one hvt virtual machine: create, load, run, tear down (hvt-abi.md section 1).
+
+A Kernel is an opened, ABI-checked unikernel with its manifest; it can boot many VMs. A VM owns
+its KVM fds, guest memory and modules, and releases all of them in close(), so one process can
+create and run VMs one after another without leaking anything.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ukvm import hvt_abi as hvt
+from ukvm.elf import NOTE_MFT1, ElfFile
+from ukvm.errors import ElfError, KvmError, UkvmError, UsageError
+from ukvm.exits import HypercallTable, handle_exit, translation_fault
+from ukvm.kvm import abi
+from ukvm.kvm.ioctls import Kvm
+from ukvm.manifest import Manifest, type_name
+from ukvm.memory import GuestMemory
+from ukvm.modules import Module, default_modules
+from ukvm.vcpu import setup_vcpu, write_gdt, write_page_tables
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"ukvm: {message}", file=sys.stderr, flush=True)
+
+
+class Kernel:
+    """A unikernel file whose ABI note and manifest have been checked (steps 2-3 of start-up)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.elf = ElfFile(path)
+        try:
+            self.elf.check_hvt_abi(hvt.HVT_ABI_VERSION)
+            payload = self.elf.find_note(NOTE_MFT1)
+            if payload is None:
+                raise ElfError(f"{path}: No Solo5 manifest found in executable")
+            self.manifest_payload = payload
+            Manifest.parse(payload, path)
+        except BaseException:
+            self.elf.close()
+            raise
+
+    def manifest(self) -> Manifest:
+        """A fresh copy of the manifest, for one VM's modules to fill in."""
+        return Manifest.parse(self.manifest_payload, self.path)
+
+    def close(self) -> None:
+        self.elf.close()
+
+
+def guest_memory_size(requested: int, with_net: bool, warn: Callable[[str], None]) -> int:
+    """Allocation size A from the --mem request in bytes (hvt-abi.md 5.1)."""
+    size = requested - requested % hvt.MEM_GRANULE
+    if size == 0:
+        size = hvt.MEM_GRANULE
+    if size != requested:
+        warn(f"adjusting memory to {size} bytes")
+    if size > hvt.MEM_MAX:
+        raise UsageError(f"guest memory size {size} bytes exceeds the max size {hvt.MEM_MAX} bytes",
+                         show_usage=False)
+    if with_net:
+        size = min(size + hvt.HVT_RING_AREA, hvt.MEM_MAX)
+    return size
+
+
+def join_cmdline(args: Sequence[str]) -> bytes:
+    cmdline = b" ".join(os.fsencode(a) for a in args)
+    if len(cmdline) >= hvt.HVT_CMDLINE_SIZE:
+        raise UsageError(f"Guest command line too long (max={hvt.HVT_CMDLINE_SIZE - 1} characters)",
+                         show_usage=False)
+    return cmdline
+
+
+class VM:
+    def __init__(self, kernel: Kernel, args: Sequence[str] = (), mem: int = hvt.MEM_DEFAULT,
+                 modules: list[Module] | None = None, warn: Callable[[str], None] = _stderr_warn):
+        self.kernel = kernel
+        self.modules = modules if modules is not None else default_modules(kernel.manifest())
+        self.manifest = self.modules[0].manifest
+        self.hypercalls = HypercallTable()
+        self.kvm = self.vmfd = self.vcpu = self.mem = None
+        try:
+            self._create(args, mem, warn)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self, args: Sequence[str], mem_request: int, warn) -> None:
+        with_net = any(getattr(m, "needs_ring_area", False) for m in self.modules)
+        size = guest_memory_size(mem_request, with_net, warn)
+        self.kvm = Kvm()
+        if self.kvm.check_extension(abi.KVM_CAP_USER_MEMORY) != 1:
+            raise KvmError("KVM: host does not support KVM_CAP_USER_MEMORY")
+        if self.kvm.check_extension(abi.KVM_CAP_GET_TSC_KHZ) != 1:
+            raise KvmError("KVM: host does not support KVM_CAP_GET_TSC_KHZ")
+        self.vmfd = self.kvm.create_vm()
+        self.vcpu = self.vmfd.create_vcpu(self.kvm)
+        self.mem = GuestMemory(size)
+        self.vmfd.set_user_memory_region(0, 0, size, self.mem.host_addr)
+
+        loaded = self.kernel.elf.load(self.mem)
+        if with_net:
+            # The top 2 MiB hold the network ring, outside what hypercall pointers may reach.
+            self.mem.limit = size - hvt.HVT_RING_AREA
+        self.ring_gpa = 0
+        self.host_features = 0
+        write_page_tables(self.mem)
+        write_gdt(self.mem)
+        setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit)
+        tsc_hz = self.vcpu.tsc_khz() * 1000
+
+        for module in self.modules:
+            module.setup(self)
+        self._check_attached()
+        self._write_boot_info(loaded.kernel_end, tsc_hz, join_cmdline(args))
+
+    def _check_attached(self) -> None:
+        missing = [e for e in self.manifest.devices() if not e.attached]
+        if missing:
+            lines = [f"Device '{e.name}' of type {type_name(e.type)} declared but not attached." for e in missing]
+            lines.append("All declared devices must be attached. See --help for syntax.")
+            raise UsageError("\n".join(lines), show_usage=False)
+
+    def _write_boot_info(self, kernel_end: int, tsc_hz: int, cmdline: bytes) -> None:
+        mft = self.manifest.pack()
+        mft_gpa = hvt.HVT_BOOT_INFO_BASE + hvt.hvt_boot_info.size
+        cmdline_gpa = mft_gpa + len(mft)
+        info = hvt.hvt_boot_info.pack(self.mem.limit, kernel_end, tsc_hz, cmdline_gpa, mft_gpa,
+                                      self.host_features, 0, self.ring_gpa)
+        self.mem.host_write(hvt.HVT_BOOT_INFO_BASE, info + mft + cmdline + b"\0")
+
+    def rip(self) -> int:
+        return self.vcpu.get_regs().rip
+
+    def run(self) -> int:
+        """Run the guest until it halts; returns the tender's exit status (guest status & 0xff)."""
+        run_area = self.vcpu.run
+        run_once = self.vcpu.run_once
+        table = self.hypercalls
+        is_readonly = self.mem.is_readonly
+        while True:
+            try:
+                run_once()
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.EFAULT:
+                    raise translation_fault(self.rip()) from None
+                raise KvmError(f"KVM: ioctl (RUN) failed: {os.strerror(e.errno)}") from None
+            halt_gpa = handle_exit(run_area, table, self.rip, is_readonly)
+            if halt_gpa is not None:
+                return self._halt(halt_gpa)
+
+    def _halt(self, gpa: int) -> int:
+        cookie, status = self.mem.unpack(hvt.hvt_hc_halt, gpa)
+        if cookie:
+            self.mem.check(cookie, hvt.HVT_HALT_COOKIE_MAX)
+        self.halt_cookie = cookie
+        for module in self.modules:
+            module.on_halt(self)
+        return status & 0xFF
+
+    def close(self) -> None:
+        """Release everything; safe to call more than once and after a failed __init__."""
+        errors: list[BaseException] = []
+        for module in self.modules:
+            try:
+                module.close()
+            except UkvmError as e:
+                errors.append(e)
+        for res in (self.vcpu, self.vmfd, self.kvm, self.mem):
+            if res is not None:
+                res.close()
+        self.vcpu = self.vmfd = self.kvm = self.mem = None
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> VM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
