@@ -82,6 +82,7 @@ class VM:
         self.modules = modules if modules is not None else default_modules(kernel.manifest())
         self.manifest = self.modules[0].manifest
         self.hypercalls = HypercallTable()
+        self.warn = warn
         self.kvm = self.vmfd = self.vcpu = self.mem = None
         try:
             self._create(args, mem, warn)
@@ -120,10 +121,10 @@ class VM:
 
     def _check_attached(self) -> None:
         missing = [e for e in self.manifest.devices() if not e.attached]
+        for e in missing:
+            self.warn(f"Device '{e.name}' of type {type_name(e.type)} declared but not attached.")
         if missing:
-            lines = [f"Device '{e.name}' of type {type_name(e.type)} declared but not attached." for e in missing]
-            lines.append("All declared devices must be attached. See --help for syntax.")
-            raise UsageError("\n".join(lines), show_usage=False)
+            raise UsageError("All declared devices must be attached. See --help for syntax.", show_usage=False)
 
     def _write_boot_info(self, kernel_end: int, tsc_hz: int, cmdline: bytes) -> None:
         mft = self.manifest.pack()

@@ -7,6 +7,7 @@ through this interface, so devices plug in without touching the core.
 from __future__ import annotations
 
 import re
+import sys
 from typing import TYPE_CHECKING
 
 from ukvm.manifest import Manifest
@@ -24,6 +25,7 @@ class Module:
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
+        self.warn = lambda message: print(f"ukvm: {message}", file=sys.stderr, flush=True)
 
     def handle_arg(self, arg: str) -> bool:
         """Consume a command-line option; False if it is not ours."""

@@ -1,0 +1,57 @@
+"""Shared fixtures: guest builds (with `ukvm build`) and tender runs (with `ukvm run`)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUESTS = ROOT / "tests" / "guests"
+RUN_TIMEOUT = 60   # seconds, as upstream's harness
+
+
+def kvm_usable() -> bool:
+    return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+needs_kvm = pytest.mark.skipif(not kvm_usable(), reason="needs a readable and writable /dev/kvm")
+
+
+def ukvm(*args, timeout=RUN_TIMEOUT, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m ukvm ARGS`, stdout and stderr combined (as bats captures them)."""
+    return subprocess.run([sys.executable, "-m", "ukvm", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=timeout, **kw)
+
+
+def run_hvt(*args, **kw) -> subprocess.CompletedProcess:
+    """`ukvm run ARGS` with text output."""
+    p = ukvm("run", *args, **kw)
+    p.output = p.stdout.decode("utf-8", "replace")
+    return p
+
+
+class GuestBuilder:
+    def __init__(self, outdir: Path):
+        self.outdir = outdir
+        self.built: dict[str, Path] = {}
+
+    def __call__(self, name: str, manifest: str | None = None) -> Path:
+        """Build tests/guests/NAME.c (with an optional manifest.json text) once per session."""
+        key = f"{name}:{manifest}"
+        if key not in self.built:
+            out = self.outdir / f"{name}-{len(self.built)}.hvt"
+            args = ["build", GUESTS / f"{name}.c", "-o", out]
+            if manifest is not None:
+                mpath = self.outdir / f"{name}-{len(self.built)}.json"
+                mpath.write_text(manifest)
+                args += ["--manifest", mpath]
+            p = ukvm(*args, timeout=120)
+            assert p.returncode == 0, p.stdout.decode()
+            self.built[key] = out
+        return self.built[key]
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory) -> GuestBuilder:
+    return GuestBuilder(tmp_path_factory.mktemp("guests"))
