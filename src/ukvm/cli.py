@@ -11,11 +11,9 @@ import sys
 from ukvm import __version__
 from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
-from ukvm.modules import Module
-from ukvm.modules.core import CoreModule
+from ukvm.modules import default_modules, module_classes
 from ukvm.vm import VM, Kernel
 
-MODULE_CLASSES: list[type[Module]] = [CoreModule]
 _ZD = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 
 
@@ -33,9 +31,9 @@ def run_usage(prog: str) -> str:
         "  [ --mem=512 ] (guest memory in MB)",
         "    --help (display this help)",
         "    --version (display version information)",
-        "Compiled-in modules: " + "".join(cls.name + " " for cls in MODULE_CLASSES),
+        "Compiled-in modules: " + "".join(cls.name + " " for cls in module_classes()),
     ]
-    lines += [cls.usage for cls in MODULE_CLASSES if cls.usage]
+    lines += [cls.usage for cls in module_classes() if cls.usage]
     return "\n".join(lines)
 
 
@@ -79,7 +77,7 @@ def run_main(argv: list[str], prog: str) -> int:
         kernel = Kernel(argv[kernel_at])
         try:
             manifest = kernel.manifest()
-            modules = [cls(manifest) for cls in MODULE_CLASSES]
+            modules = default_modules(manifest)
             for m in modules:
                 m.warn = lambda msg: print(f"{prog}: {msg}", file=err, flush=True)
             # Pass 2: core and module options, resolved against the manifest.
@@ -108,7 +106,7 @@ def run_main(argv: list[str], prog: str) -> int:
             print(run_usage(prog), file=err)
         return e.exit_code
     except UkvmError as e:
-        print(f"{prog}: {e}", file=err)
+        print(f"{prog}: {e}" if e.with_prog else str(e), file=err)
         return e.exit_code
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -10,6 +10,10 @@ class UkvmError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str = "", with_prog: bool = True):
+        super().__init__(message)
+        self.with_prog = with_prog   # a few upstream messages carry no `prog: ` prefix
+
 
 class UsageError(UkvmError):
     """Bad command line; the CLI prints the usage text after the message."""

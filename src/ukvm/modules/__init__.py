@@ -41,6 +41,12 @@ class Module:
         """Release host resources (fds, threads)."""
 
 
-def default_modules(manifest: Manifest) -> list[Module]:
+def module_classes() -> list[type[Module]]:
+    """The compiled-in modules, in the order options are offered to them and set up."""
+    from ukvm.modules.block import BlockModule
     from ukvm.modules.core import CoreModule
-    return [CoreModule(manifest)]
+    return [CoreModule, BlockModule]
+
+
+def default_modules(manifest: Manifest) -> list[Module]:
+    return [cls(manifest) for cls in module_classes()]

@@ -1,0 +1,173 @@
+"""modules/block.py: block devices: --block options and BLOCK_READ/BLOCK_WRITE (hvt-abi.md 8.7, 10).
+
+Data moves with preadv/pwritev straight between the backing file and guest memory. A write the
+guest saw succeed is in the kernel's page cache, so it survives the tender being killed; on
+every orderly end (halt, abort, signal, fatal error) close() flushes the files to stable storage.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ukvm import hvt_abi as hvt
+from ukvm.errors import HostIOError
+from ukvm.manifest import MFT_DEV_BLOCK_BASIC, Entry
+from ukvm.modules import MODULE_OPTION, Module
+
+if TYPE_CHECKING:
+    from ukvm.vm import VM
+
+DEFAULT_BLOCK_SIZE = 512
+MAX_PATH = 4096
+LEN_MAX = (1 << 63) - 1
+BAD_BLOCK_SIZE = "Block size must be a multiple of 2 greater than or equal 512"
+
+
+@dataclass
+class BlockDevice:
+    entry: Entry
+    path: str
+    fd: int
+    capacity: int
+    block_size: int = 0
+
+
+class BlockModule(Module):
+    name = "block"
+    usage = ("  --block:NAME=PATH (attach block device/file at PATH as block storage NAME)\n"
+             "  --block-sector-size:NAME=SIZE (set sector size of block device NAME; power of two >= 512)")
+
+    def __init__(self, manifest):
+        super().__init__(manifest)
+        self.devices: dict[str, BlockDevice] = {}     # by manifest name
+        self.sector_sizes: dict[str, int] = {}
+        self.by_handle: dict[int, BlockDevice] = {}
+
+    # --- options -------------------------------------------------------------------------------
+    def handle_arg(self, arg: str) -> bool:
+        m = MODULE_OPTION.match(arg)
+        if m is None or m["opt"] not in ("block", "block-sector-size"):
+            return False
+        name, value = m["name"], m["value"]
+        if m["opt"] == "block":
+            if not value or len(value) > MAX_PATH or any(c.isspace() for c in value):
+                return False
+            if self._entry(name) is None:
+                return False
+            self.attach(name, value)
+            return True
+        if not value.isdigit() or int(value) > 0xFFFF:
+            return False
+        size = int(value)
+        if size < 512 or size & (size - 1):
+            self.warn(BAD_BLOCK_SIZE)
+            return False
+        if self._entry(name) is None:
+            return False
+        self.sector_sizes[name] = size
+        return True
+
+    def _entry(self, name: str) -> Entry | None:
+        entry = self.manifest.find(name, MFT_DEV_BLOCK_BASIC)
+        if entry is None:
+            self.warn(f"Resource not declared in manifest: '{name}'")
+        return entry
+
+    def attach(self, name: str, path: str, block_size: int | None = None) -> None:
+        """Back manifest entry `name` with the file or block device at `path` (opened read-write)."""
+        entry = self.manifest.find(name, MFT_DEV_BLOCK_BASIC)
+        if entry is None:
+            raise HostIOError(f"Resource not declared in manifest: '{name}'")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise HostIOError(f"Could not open block device: {path}: {os.strerror(e.errno)}") from None
+        try:
+            capacity = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as e:
+            os.close(fd)
+            raise HostIOError(f"{path}: Could not determine capacity: {os.strerror(e.errno)}") from None
+        old = self.devices.pop(name, None)
+        if old is not None:       # the later option wins
+            os.close(old.fd)
+        self.devices[name] = BlockDevice(entry, path, fd, capacity)
+        if block_size is not None:
+            self.sector_sizes[name] = block_size
+
+    # --- set-up --------------------------------------------------------------------------------
+    def setup(self, vm: VM) -> None:
+        self.mem = vm.mem
+        for name, dev in self.devices.items():
+            bs = dev.block_size = self.sector_sizes.get(name, DEFAULT_BLOCK_SIZE)
+            if dev.capacity % bs:
+                raise HostIOError(f"{name}: Backing storage size must be block aligned ({bs} bytes)")
+            if dev.capacity < bs:
+                raise HostIOError(f"{name}: Backing storage must be at least 1 block ({bs} bytes) in size")
+            dev.entry.set_block(dev.capacity, bs, dev.fd)
+            self.by_handle[dev.entry.index] = dev
+        if self.devices:
+            vm.hypercalls.register(hvt.HVT_HYPERCALL_BLOCK_WRITE, self.hvt_hc_block_write)
+            vm.hypercalls.register(hvt.HVT_HYPERCALL_BLOCK_READ, self.hvt_hc_block_read)
+
+    # --- hypercalls ----------------------------------------------------------------------------
+    def _decode(self, gpa: int) -> tuple[BlockDevice, int, int, int] | None:
+        """The request if it is valid for a device, else None (after storing EINVAL)."""
+        handle, offset, data, length, _ret = self.mem.unpack(hvt.hvt_hc_block_io, gpa)
+        self.mem.check_writable(gpa, hvt.hvt_hc_block_io.size)
+        dev = self.by_handle.get(handle & 0xFFFFFFFF)    # handles are 32-bit in the lookup
+        if dev is None or length > LEN_MAX or offset >= dev.capacity or offset + length > dev.capacity:
+            self.mem.pack(hvt.U32, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_EINVAL)
+            return None
+        return dev, offset, data, length
+
+    def hvt_hc_block_write(self, gpa: int) -> None:
+        req = self._decode(gpa)
+        if req is None:
+            return
+        dev, offset, data, length = req
+        with self.mem.view(data, length) as buf:
+            done = 0
+            while done < length:
+                try:
+                    n = os.pwritev(dev.fd, [buf[done:]], offset + done)
+                except OSError as e:
+                    raise HostIOError(f"Fatal error when writing: {os.strerror(e.errno)}", with_prog=False) from None
+                if n == 0:
+                    raise HostIOError(f"Fatal error: wrote only {done} out of {length} bytes", with_prog=False)
+                done += n
+        self.mem.pack(hvt.U32, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_OK)
+
+    def hvt_hc_block_read(self, gpa: int) -> None:
+        req = self._decode(gpa)
+        if req is None:
+            return
+        dev, offset, data, length = req
+        with self.mem.writable_view(data, length) as buf:
+            done = 0
+            while done < length:
+                try:
+                    n = os.preadv(dev.fd, [buf[done:]], offset + done)
+                except OSError as e:
+                    raise HostIOError(f"Fatal error when reading: {os.strerror(e.errno)}", with_prog=False) from None
+                if n == 0:
+                    raise HostIOError(f"Fatal error: read only {done} out of {length} bytes", with_prog=False)
+                done += n
+        self.mem.pack(hvt.U32, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_OK)
+
+    # --- teardown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush every device to stable storage, then close; the first failure is reported."""
+        error = None
+        for dev in self.devices.values():
+            try:
+                os.fsync(dev.fd)
+            except OSError as e:
+                if error is None and e.errno != errno.EINVAL:   # the fd cannot be synced
+                    error = HostIOError(f"{dev.path}: flush failed: {os.strerror(e.errno)}")
+            os.close(dev.fd)
+        self.devices.clear()
+        self.by_handle.clear()
+        if error is not None:
+            raise error
