@@ -92,6 +92,14 @@ class GuestMemory:
             raise GuestMemoryError(gpa, size)
         return self._mm[gpa:gpa + size]
 
+    def tender_area(self, gpa: int, size: int) -> memoryview:
+        """A writable view of a tender-owned area (the network ring, above `limit`).
+
+        It pins the mapping: the owner must release() it before close()."""
+        if gpa < 0 or gpa + size > self.size:
+            raise GuestMemoryError(gpa, size)
+        return memoryview(self._mm)[gpa:gpa + size]
+
     def load_from_file(self, fd: int, file_offset: int, gpa: int, size: int) -> int:
         """Read `size` file bytes straight into guest memory (loader); returns bytes read."""
         if gpa < 0 or gpa + size > self.size:

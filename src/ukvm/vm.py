@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from ukvm import hvt_abi as hvt
@@ -20,6 +22,7 @@ from ukvm.kvm.ioctls import Kvm
 from ukvm.manifest import Manifest, type_name
 from ukvm.memory import GuestMemory
 from ukvm.modules import Module, default_modules
+from ukvm.modules.core import CoreModule
 from ukvm.vcpu import setup_vcpu, write_gdt, write_page_tables
 
 
@@ -81,8 +84,11 @@ class VM:
         self.kernel = kernel
         self.modules = modules if modules is not None else default_modules(kernel.manifest())
         self.manifest = self.modules[0].manifest
+        self.core = next(m for m in self.modules if isinstance(m, CoreModule))
         self.hypercalls = HypercallTable()
         self.warn = warn
+        self._thread_error: UkvmError | None = None
+        self._run_thread: int | None = None
         self.kvm = self.vmfd = self.vcpu = self.mem = None
         try:
             self._create(args, mem, warn)
@@ -137,8 +143,26 @@ class VM:
     def rip(self) -> int:
         return self.vcpu.get_regs().rip
 
+    def fail_from_thread(self, error: UkvmError) -> None:
+        """A helper thread (the ring server) hit a fatal error: stop the vCPU and raise it there."""
+        self._thread_error = error
+        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1    # if it is not inside KVM_RUN now
+        if self._run_thread is not None:
+            signal.pthread_kill(self._run_thread, signal.SIGUSR1)
+
     def run(self) -> int:
         """Run the guest until it halts; returns the tender's exit status (guest status & 0xff)."""
+        in_main = threading.current_thread() is threading.main_thread()
+        old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: None) if in_main else None
+        self._run_thread = threading.get_ident() if in_main else None
+        try:
+            return self._run_loop()
+        finally:
+            self._run_thread = None
+            if in_main:
+                signal.signal(signal.SIGUSR1, old_usr1)
+
+    def _run_loop(self) -> int:
         run_area = self.vcpu.run
         run_once = self.vcpu.run_once
         table = self.hypercalls
@@ -147,6 +171,8 @@ class VM:
             try:
                 run_once()
             except InterruptedError:
+                if self._thread_error is not None:
+                    raise self._thread_error from None
                 continue
             except OSError as e:
                 if e.errno == errno.EFAULT:

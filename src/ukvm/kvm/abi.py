@@ -134,6 +134,7 @@ KVM_EXIT_IO_OUT = 1
 # kvm_run layout: fields read in place from the mmap'ed run area
 KVM_RUN_EXIT_REASON = struct.Struct("<I")          # @8
 KVM_RUN_EXIT_REASON_OFFSET = 8
+KVM_RUN_IMMEDIATE_EXIT_OFFSET = 1                   # u8: KVM_RUN returns EINTR at once when set
 KVM_RUN_EXIT_OFFSET = 32                            # the per-reason union
 KVM_RUN_IO = struct.Struct("<BBHIQ")                # direction, size, port, count, data_offset
 KVM_RUN_MMIO = struct.Struct("<Q8sIB")              # phys_addr, data, len, is_write

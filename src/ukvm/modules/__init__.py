@@ -45,7 +45,8 @@ def module_classes() -> list[type[Module]]:
     """The compiled-in modules, in the order options are offered to them and set up."""
     from ukvm.modules.block import BlockModule
     from ukvm.modules.core import CoreModule
-    return [CoreModule, BlockModule]
+    from ukvm.modules.net import NetModule
+    return [CoreModule, BlockModule, NetModule]
 
 
 def default_modules(manifest: Manifest) -> list[Module]:

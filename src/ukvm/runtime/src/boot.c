@@ -71,6 +71,7 @@ void ukvm_start(struct hvt_boot_info *bi)
 
     time_init(bi->cpu_cycle_freq);
     mft_init((const struct mft *)bi->mft);
+    net_init(bi);
     start_info.heap_start = heap_start;
     start_info.heap_size = mem_size - heap_start;
     solo5_exit(solo5_app_main(&start_info));

@@ -49,6 +49,41 @@ struct hvt_hc_halt {
     int32_t exit_status;     /* IN */
 };
 
+/* The v0.12 shared network ring (host_features bit 0, boot info net_ring). */
+#define HVT_FEATURE_RING_IO 1
+#define HVT_RING_SIZE 1024
+#define HVT_RING_KICK_PORT 0x600
+enum hvt_ring_op { HVT_RING_NET_WRITE = 1, HVT_RING_NET_READ = 2 };
+
+struct hvt_ring_entry {
+    uint32_t operation;
+    uint32_t handle;
+    uint64_t data;
+    uint32_t len;
+    uint32_t id;
+    uint64_t reserved;
+};
+
+struct hvt_ring_commit {
+    uint32_t id;
+    int32_t ret;
+    uint32_t len;
+    uint32_t reserved;
+};
+
+struct hvt_ring {
+    volatile uint32_t ent_tail;    /* guest: entries produced */
+    volatile uint32_t com_head;    /* guest: commits consumed */
+    uint8_t pad0[56];
+    volatile uint32_t ent_head;    /* host: entries consumed */
+    volatile uint32_t com_tail;    /* host: commits produced */
+    volatile uint32_t needs_kick;  /* host: about to sleep, kick port 0x600 */
+    uint8_t pad1[52];
+    struct hvt_ring_entry entries[HVT_RING_SIZE];
+    volatile struct hvt_ring_commit commits[HVT_RING_SIZE];
+};
+_Static_assert(sizeof(struct hvt_ring) == 49280, "hvt_ring layout");
+
 /* One 32-bit OUT of the argument's address; the vCPU stops until the tender is done with it. */
 static inline void hvt_hypercall(enum hvt_hypercall nr, volatile void *arg)
 {

@@ -42,6 +42,9 @@ void mft_init(const struct mft *mft);
 struct mft_entry *mft_lookup(const char *name, enum mft_type type, solo5_handle_t *handle);
 struct mft_entry *mft_by_handle(solo5_handle_t handle, enum mft_type type);
 
+/* net.c */
+void net_init(const struct hvt_boot_info *bi);
+
 /* string.c (local helpers; the application brings its own C library) */
 void *rt_memcpy(void *dst, const void *src, size_t n);
 int rt_strncmp(const char *a, const char *b, size_t n);

@@ -1,0 +1,189 @@
+"""modules/net.py: network devices: --net options, NET_READ/NET_WRITE, POLL fds and the ring.
+
+Frames move with one readv/write between the TAP fd and guest memory. When the shared ring is
+offered (ring.py) an I/O thread serves it; the hypercall path always stays available, since
+guests that do not know the ring, or find it not offered, use it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ukvm import hvt_abi as hvt
+from ukvm.errors import HostIOError, UsageError
+from ukvm.manifest import MFT_DEV_NET_BASIC, Entry
+from ukvm.modules import MODULE_OPTION, Module
+from ukvm.tap import adopt_tap_fd, open_tap
+
+if TYPE_CHECKING:
+    from ukvm.vm import VM
+
+MAX_IFACE = 19     # longer --net values are cut, as upstream does
+MAC_RE = re.compile(r"([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2}):"
+                    r"([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})\Z")
+
+
+@dataclass
+class NetDevice:
+    entry: Entry
+    iface: str
+    fd: int
+    mtu: int
+    owns_fd: bool = True
+
+
+def generated_mac() -> bytes:
+    """Random, unicast (bit 0 clear), locally administered (bit 1 set)."""
+    mac = bytearray(os.urandom(6))
+    mac[0] = (mac[0] & 0xFE) | 0x02
+    return bytes(mac)
+
+
+class NetModule(Module):
+    name = "net"
+    usage = ("  --net:NAME=IFACE | @NN (attach tap at IFACE or at fd NN as network NAME)\n"
+             "  --net-mac:NAME=HWADDR (set HWADDR for network NAME)\n"
+             "  --net-ring=on|off (offer the v0.12 shared ring to the guest; default on)")
+
+    def __init__(self, manifest):
+        super().__init__(manifest)
+        self.devices: dict[str, NetDevice] = {}
+        self.macs: dict[str, bytes] = {}
+        self.by_handle: dict[int, NetDevice] = {}
+        self.ring_wanted = True
+        self.ring = None
+
+    @property
+    def needs_ring_area(self) -> bool:
+        return bool(self.devices)
+
+    # --- options -------------------------------------------------------------------------------
+    def handle_arg(self, arg: str) -> bool:
+        if arg.startswith("--net-ring="):
+            value = arg.split("=", 1)[1]
+            if value not in ("on", "off"):
+                return False
+            self.ring_wanted = value == "on"
+            return True
+        m = MODULE_OPTION.match(arg)
+        if m is None or m["opt"] not in ("net", "net-mac"):
+            return False
+        name, value = m["name"], m["value"]
+        if m["opt"] == "net-mac":
+            mac = MAC_RE.match(value)
+            if mac is None or self._entry(name) is None:
+                return False
+            self.macs[name] = bytes(int(g, 16) for g in mac.groups())
+            return True
+        if not value or any(c.isspace() for c in value) or self._entry(name) is None:
+            return False
+        iface = value[:MAX_IFACE]
+        try:
+            self.attach(name, iface)
+        except OSError as e:
+            self.warn(f"Could not attach interface: {iface}: {os.strerror(e.errno)}")
+            return False
+        return True
+
+    def _entry(self, name: str) -> Entry | None:
+        entry = self.manifest.find(name, MFT_DEV_NET_BASIC)
+        if entry is None:
+            self.warn(f"Resource not declared in manifest: '{name}'")
+        return entry
+
+    def attach(self, name: str, iface: str, mac: bytes | None = None) -> None:
+        """Back manifest entry `name` with TAP `iface`, or with an open TAP fd given as `@FD`."""
+        entry = self.manifest.find(name, MFT_DEV_NET_BASIC)
+        if entry is None:
+            raise UsageError(f"Resource not declared in manifest: '{name}'", show_usage=False)
+        if iface.startswith("@"):
+            if not iface[1:].isdigit():
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            fd, mtu, _ = adopt_tap_fd(int(iface[1:]))
+            dev = NetDevice(entry, iface, fd, mtu, owns_fd=False)
+        else:
+            fd, mtu = open_tap(iface)
+            dev = NetDevice(entry, iface, fd, mtu)
+        old = self.devices.pop(name, None)
+        if old is not None:
+            self._close_device(old)
+        self.devices[name] = dev
+        if mac is not None:
+            self.macs[name] = mac
+
+    # --- set-up --------------------------------------------------------------------------------
+    def setup(self, vm: VM) -> None:
+        self.mem = vm.mem
+        for name, dev in self.devices.items():
+            mac = self.macs.get(name, bytes(6))
+            if mac == bytes(6):
+                mac = generated_mac()
+            dev.entry.set_net(mac, min(dev.mtu, 0xFFFF), dev.fd)
+            self.by_handle[dev.entry.index] = dev
+            vm.core.add_pollfd(dev.fd, dev.entry.index)
+        if not self.devices:
+            return
+        vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_WRITE, self.hvt_hc_net_write)
+        vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_READ, self.hvt_hc_net_read)
+        if self.ring_wanted:
+            from ukvm.ring import start_ring
+            self.ring = start_ring(vm, self.by_handle)
+
+    # --- hypercalls ----------------------------------------------------------------------------
+    def hvt_hc_net_write(self, gpa: int) -> None:
+        mem = self.mem
+        handle, data, length, _ret = mem.unpack(hvt.hvt_hc_net_io, gpa)
+        mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
+        dev = self.by_handle.get(handle & 0xFFFFFFFF)
+        if dev is None:
+            mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_EINVAL)
+            return
+        with mem.view(data, length) as frame:
+            try:
+                n = os.write(dev.fd, frame)
+            except OSError as e:
+                raise HostIOError(f"Fatal error when writing: {os.strerror(e.errno)}", with_prog=False) from None
+        if n != length:
+            raise HostIOError(f"Fatal error: wrote only {n} out of {length} bytes", with_prog=False)
+        mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_OK)
+
+    def hvt_hc_net_read(self, gpa: int) -> None:
+        mem = self.mem
+        handle, data, length, _ret = mem.unpack(hvt.hvt_hc_net_io, gpa)
+        mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
+        dev = self.by_handle.get(handle & 0xFFFFFFFF)
+        if dev is None:
+            mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_EINVAL)
+            return
+        with mem.writable_view(data, length) as buf:
+            try:
+                n = os.readv(dev.fd, [buf])
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                raise HostIOError(f"Fatal error when reading: {os.strerror(e.errno)}", with_prog=False) from None
+        if n == 0:
+            mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_AGAIN)
+        else:
+            mem.pack(hvt.HVT_NET_LEN_RET, gpa + 16, n, hvt.SOLO5_R_OK)
+
+    # --- teardown ------------------------------------------------------------------------------
+    def on_halt(self, vm: VM) -> None:
+        if self.ring is not None:
+            self.ring.stop()
+
+    def _close_device(self, dev: NetDevice) -> None:
+        if dev.owns_fd:
+            os.close(dev.fd)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.stop()
+            self.ring = None
+        for dev in self.devices.values():
+            self._close_device(dev)
+        self.devices.clear()
+        self.by_handle.clear()
