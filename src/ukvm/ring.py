@@ -19,11 +19,13 @@ import os
 import select
 import struct
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ukvm import hvt_abi as hvt
-from ukvm.errors import GuestMemoryError, HostIOError, KvmError, UkvmError
+from ukvm.errors import GuestFault, HostIOError, KvmError, UkvmError
 from ukvm.kvm import abi
+from ukvm.memory import GuestMemory
 
 if TYPE_CHECKING:
     from ukvm.modules.net import NetDevice
@@ -49,21 +51,24 @@ MAX_SLEEP_S = 0.05
 
 
 class RingServer:
-    def __init__(self, vm: VM, devices: dict[int, NetDevice]):
-        self.vm = vm
-        self.mem = vm.mem
+    """Serves the ring at `mem.limit` for `devices` (by handle); `efd` is the kick eventfd.
+
+    Errors go to `on_error` (the VM's fail_from_thread). Without start() nothing runs, which lets
+    tests drive _process() directly against plain guest memory."""
+
+    def __init__(self, mem: GuestMemory, devices: dict[int, NetDevice], efd: int,
+                 on_error: Callable[[UkvmError], None]):
+        self.mem = mem
         self.devices = devices
-        self.gpa = vm.mem.limit
-        self.limit = vm.mem.limit
+        self.gpa = mem.limit
+        self.efd = efd
+        self.on_error = on_error
         self.stopping = False
         self._fence_lock = threading.Lock()
-        self.efd = os.eventfd(0, os.EFD_CLOEXEC)
-        try:
-            vm.vmfd.ioeventfd(HVT_RING_KICK_PORT, 4, self.efd)
-        except KvmError:
-            os.close(self.efd)
-            raise
-        self.ring = vm.mem.tender_area(self.gpa, hvt.HVT_RING_STRUCT_SIZE)
+        self.ring = mem.tender_area(self.gpa, hvt.HVT_RING_STRUCT_SIZE)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
         self.thread = threading.Thread(target=self._serve, name="ukvm-ring", daemon=True)
         self.thread.start()
 
@@ -75,9 +80,9 @@ class RingServer:
         try:
             self._loop()
         except UkvmError as e:
-            self.vm.fail_from_thread(e)
+            self.on_error(e)
         except OSError as e:
-            self.vm.fail_from_thread(HostIOError(f"Ring I/O thread failed: {os.strerror(e.errno)}"))
+            self.on_error(HostIOError(f"Ring I/O thread failed: {os.strerror(e.errno)}"))
 
     def _loop(self) -> None:
         ring = self.ring
@@ -88,6 +93,9 @@ class RingServer:
                 tail = self._wait(head)
                 if tail is None:
                     continue
+            if (tail - head) & 0xFFFFFFFF > HVT_RING_SIZE:
+                # More entries than slots: the guest broke the protocol; stop instead of spinning.
+                raise GuestFault(f"Invalid guest ring state: ent_tail={tail}, ent_head={head}")
             head = self._process(head, tail)
 
     def _wait(self, head: int) -> int | None:
@@ -143,15 +151,17 @@ class RingServer:
 
     def stop(self) -> None:
         """Stop and join the thread, release the ring view and the eventfd; idempotent."""
-        if self.thread is None:
+        if self.efd < 0:
             return
         self.stopping = True
-        os.eventfd_write(self.efd, 1)
-        if self.thread is not threading.current_thread():
-            self.thread.join()
-        self.thread = None
+        if self.thread is not None:
+            os.eventfd_write(self.efd, 1)
+            if self.thread is not threading.current_thread():
+                self.thread.join()
+            self.thread = None
         self.ring.release()
         os.close(self.efd)
+        self.efd = -1
 
 
 def start_ring(vm: VM, devices: dict[int, NetDevice]) -> RingServer | None:
@@ -159,10 +169,18 @@ def start_ring(vm: VM, devices: dict[int, NetDevice]) -> RingServer | None:
     if vm.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) <= 0:
         return None
     try:
-        server = RingServer(vm, devices)
-    except (KvmError, OSError) as e:
-        vm.warn(f"ring set-up failed, falling back to hypercalls: {e}")
+        efd = os.eventfd(0, os.EFD_CLOEXEC)
+    except OSError as e:
+        vm.warn(f"eventfd() failed, falling back to hypercalls: {os.strerror(e.errno)}")
         return None
+    try:
+        vm.vmfd.ioeventfd(HVT_RING_KICK_PORT, 4, efd)
+    except KvmError as e:
+        os.close(efd)
+        vm.warn(f"KVM_IOEVENTFD failed, falling back to hypercalls: {e}")
+        return None
+    server = RingServer(vm.mem, devices, efd, vm.fail_from_thread)
+    server.start()
     vm.ring_gpa = server.gpa
     vm.host_features = hvt.HVT_FEATURE_RING_IO
     return server

@@ -268,3 +268,15 @@ def test_open_fd_from_an_orchestrator(guest, ns):
     status, out = finish(t)
     assert ping_received(ping_out) == 1000, ping_out
     assert status == 0, out
+
+
+@pytest.mark.parametrize("attack,message", [
+    ("badptr", "ukvm: Invalid guest access: gpa=0xfffffff000, sz=64"),
+    ("index", "ukvm: Invalid guest ring state: ent_tail=5000, ent_head=0"),
+])
+def test_ring_attacks_stop_the_vm(guest, ns, attack, message):
+    ns.tap("tap0")
+    status, out = finish(tender(ns, "--net:service0=tap0", guest("test_ringattack", ONE), attack), timeout=60)
+    assert status == 1, out
+    assert message in out
+    assert "Traceback" not in out
