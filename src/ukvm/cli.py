@@ -3,9 +3,8 @@
 The CLI is a thin layer over the library: it parses arguments the way solo5-hvt does
 (hvt-abi.md section 2), builds a VM, runs it and turns errors into `prog: message` + exit status.
 """
+import _signal as signal  # the C module behind `signal`, without its enum import
 import os
-import re
-import signal
 import sys
 
 from ukvm import __version__
@@ -14,7 +13,6 @@ from ukvm.errors import SignalExit, UkvmError, UsageError
 from ukvm.modules import default_modules, module_classes
 from ukvm.vm import VM, Kernel
 
-_ZD = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 
 
 def _prog() -> str:
@@ -39,8 +37,11 @@ def run_usage(prog: str) -> str:
 
 def parse_mem(value: str) -> int:
     """--mem=N: N in MiB, parsed like C `%zd` (trailing garbage ignored), wrapped to 64 bits."""
-    m = _ZD.match(value)
-    size = (int(m.group(1)) << 20) % (1 << 64) if m else 0
+    text = value.lstrip(" \t\n\v\f\r")
+    sign = text[:1] if text[:1] in "+-" else ""
+    digits = text[len(sign):]
+    digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
+    size = (int(sign + digits) << 20) % (1 << 64) if digits else 0
     if size == 0:
         raise UsageError("Malformed argument to --mem", show_usage=False)
     return size

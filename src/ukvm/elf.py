@@ -5,7 +5,6 @@ Everything read from the file is untrusted; only ElfError leaves this module.
 """
 import os
 import struct
-from dataclasses import dataclass
 
 from ukvm.errors import ElfError
 from ukvm.memory import PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
@@ -33,10 +32,11 @@ ABI_TARGETS = {1: "hvt", 2: "spt", 3: "virtio", 4: "muen", 5: "genode", 6: "xen"
 HVT_ABI_TARGET = 1
 
 
-@dataclass
 class LoadResult:
-    entry: int
-    kernel_end: int
+    __slots__ = ("entry", "kernel_end")
+
+    def __init__(self, entry: int, kernel_end: int):
+        self.entry, self.kernel_end = entry, kernel_end
 
 
 class ElfFile:

@@ -4,22 +4,21 @@ handle_exit() is a plain function over the kvm_run bytes so that tests can feed 
 exits without KVM. It returns None to resume the guest, or the HALT argument GPA when the guest
 halts; everything fatal raises GuestFault with the upstream message.
 """
-from collections.abc import Callable
+from __future__ import annotations
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
 from ukvm.kvm import abi
 
-Handler = Callable[[int], None]
 
 
 class HypercallTable:
     """Handlers indexed by hypercall number; each takes the argument GPA."""
 
     def __init__(self):
-        self.handlers: list[Handler | None] = [None] * hvt.HVT_HYPERCALL_MAX
+        self.handlers: list = [None] * hvt.HVT_HYPERCALL_MAX
 
-    def register(self, nr: int, handler: Handler) -> None:
+    def register(self, nr: int, handler: Callable[[int], None]) -> None:
         if not 0 < nr < hvt.HVT_HYPERCALL_MAX or nr == hvt.HVT_HYPERCALL_HALT:
             raise ValueError(f"hypercall {nr} cannot be registered")
         if self.handlers[nr] is not None:

@@ -4,7 +4,6 @@ Binary layout and validation: hvt-abi.md 4.1-4.4. JSON rules and messages: 4.5-4
 The JSON reader is our own small parser because error messages carry the source line.
 """
 import struct
-from dataclasses import dataclass, field
 
 from ukvm.errors import ManifestError
 
@@ -24,14 +23,13 @@ MFT_NET_BASIC = struct.Struct("<6sH8x")         # u: mac, mtu
 assert MFT_ENTRY.size == 104
 
 
-@dataclass
 class Entry:
-    index: int
-    name: str
-    type: int
-    u: bytes = bytes(16)
-    b: int = 0
-    attached: bool = False
+    """One manifest entry; `u`, `b` and `attached` are filled in when a module attaches it."""
+    __slots__ = ("index", "name", "type", "u", "b", "attached")
+
+    def __init__(self, index: int, name: str, type: int, u: bytes = bytes(16), b: int = 0):
+        self.index, self.name, self.type, self.u, self.b = index, name, type, u, b
+        self.attached = False
 
     def set_block(self, capacity: int, block_size: int, host_fd: int) -> None:
         self.u = MFT_BLOCK_BASIC.pack(capacity, block_size)
@@ -44,9 +42,9 @@ class Entry:
         self.attached = True
 
 
-@dataclass
 class Manifest:
-    entries: list[Entry] = field(default_factory=list)
+    def __init__(self, entries: list[Entry]):
+        self.entries = entries
 
     @classmethod
     def parse(cls, payload: bytes, what: str) -> "Manifest":
@@ -108,11 +106,13 @@ class _JsonSyntaxError(Exception):
     pass
 
 
-@dataclass
 class JValue:
-    kind: str          # NULL BOOLEAN STRING ARRAY OBJECT INTEGER REAL
-    value: object
-    line: int
+    __slots__ = ("kind", "value", "line")
+
+    def __init__(self, kind: str, value, line: int):
+        self.kind = kind      # NULL BOOLEAN STRING ARRAY OBJECT INTEGER REAL
+        self.value = value
+        self.line = line
 
 
 class _JsonReader:
@@ -244,10 +244,11 @@ class _JsonReader:
         return JValue("REAL", float(text), line) if real else JValue("INTEGER", int(text), line)
 
 
-@dataclass
 class DeviceSpec:
-    name: str
-    type: int
+    __slots__ = ("name", "type")
+
+    def __init__(self, name: str, type: int):
+        self.name, self.type = name, type
 
 
 def parse_json(text: str, source: str) -> list[DeviceSpec]:

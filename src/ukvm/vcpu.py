@@ -3,7 +3,7 @@
 Identity page tables and the tender GDT are written into guest low memory; the vCPU gets
 control registers, segments, general registers and the host's supported CPUID list.
 """
-from array import array
+import struct
 
 from ukvm import hvt_abi as hvt
 from ukvm.kvm import abi
@@ -32,23 +32,26 @@ SEL_CODE = 0x08
 SEL_DATA = 0x10
 
 
+def _qwords(values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
 def write_page_tables(mem: GuestMemory) -> None:
     """Identity-map the whole allocation: 2 MiB pages, with a 4 KiB table for the first 2 MiB."""
-    mem.host_write(hvt.HVT_PML4_BASE, array("Q", [hvt.HVT_PDPT_BASE | PTE_P | PTE_RW]).tobytes())
-    pdpt = [hvt.HVT_PD_BASE + i * 0x1000 | PTE_P | PTE_RW for i in range(4)]
-    mem.host_write(hvt.HVT_PDPT_BASE, array("Q", pdpt).tobytes())
-    pd = array("Q", [hvt.HVT_PT0_BASE | PTE_P | PTE_RW])
-    pd.extend(n * PAGE_2M | PTE_P | PTE_RW | PTE_PS for n in range(1, mem.size // PAGE_2M))
-    mem.host_write(hvt.HVT_PD_BASE, pd.tobytes())
+    mem.host_write(hvt.HVT_PML4_BASE, _qwords([hvt.HVT_PDPT_BASE | PTE_P | PTE_RW]))
+    mem.host_write(hvt.HVT_PDPT_BASE, _qwords([hvt.HVT_PD_BASE + i * 0x1000 | PTE_P | PTE_RW for i in range(4)]))
+    pd = [hvt.HVT_PT0_BASE | PTE_P | PTE_RW]
+    pd += [n * PAGE_2M | PTE_P | PTE_RW | PTE_PS for n in range(1, mem.size // PAGE_2M)]
+    mem.host_write(hvt.HVT_PD_BASE, _qwords(pd))
     # PT0: nothing below 0x10000, boot area read-only, 0x100000-0x1fffff read-write.
-    pt0 = array("Q", bytes(8 * 16))
-    pt0.extend(gpa | PTE_P for gpa in range(hvt.HVT_BOOT_INFO_BASE, hvt.HVT_GUEST_MIN_BASE, 0x1000))
-    pt0.extend(gpa | PTE_P | PTE_RW for gpa in range(hvt.HVT_GUEST_MIN_BASE, PAGE_2M, 0x1000))
-    mem.host_write(hvt.HVT_PT0_BASE, pt0.tobytes())
+    pt0 = [0] * 16
+    pt0 += [gpa | PTE_P for gpa in range(hvt.HVT_BOOT_INFO_BASE, hvt.HVT_GUEST_MIN_BASE, 0x1000)]
+    pt0 += [gpa | PTE_P | PTE_RW for gpa in range(hvt.HVT_GUEST_MIN_BASE, PAGE_2M, 0x1000)]
+    mem.host_write(hvt.HVT_PT0_BASE, _qwords(pt0))
 
 
 def write_gdt(mem: GuestMemory) -> None:
-    mem.host_write(hvt.HVT_GDT_BASE, array("Q", [0, GDT_CODE64, GDT_DATA]).tobytes())
+    mem.host_write(hvt.HVT_GDT_BASE, _qwords([0, GDT_CODE64, GDT_DATA]))
 
 
 def _segment(selector: int, code: bool) -> abi.kvm_segment:

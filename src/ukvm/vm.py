@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal  # the C module behind `signal`, without its enum import
+import _thread
 import sys
-import threading
-from collections.abc import Callable, Sequence
 
 from ukvm import hvt_abi as hvt
 from ukvm.elf import NOTE_MFT1, ElfFile
@@ -152,9 +151,12 @@ class VM:
 
     def run(self) -> int:
         """Run the guest until it halts; returns the tender's exit status (guest status & 0xff)."""
-        in_main = threading.current_thread() is threading.main_thread()
-        old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: None) if in_main else None
-        self._run_thread = threading.get_ident() if in_main else None
+        try:   # only the main thread may install handlers; elsewhere thread errors wait for an exit
+            old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: None)
+            in_main = True
+        except ValueError:
+            in_main = False
+        self._run_thread = _thread.get_ident() if in_main else None
         try:
             return self._run_loop()
         finally:

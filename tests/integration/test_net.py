@@ -276,7 +276,18 @@ def test_open_fd_from_an_orchestrator(guest, ns):
 ])
 def test_ring_attacks_stop_the_vm(guest, ns, attack, message):
     ns.tap("tap0")
-    status, out = finish(tender(ns, "--net:service0=tap0", guest("test_ringattack", ONE), attack), timeout=60)
+    status, out = finish(tender(ns, "--net-ring=on", "--net:service0=tap0", guest("test_ringattack", ONE), attack),
+                         timeout=60)
     assert status == 1, out
     assert message in out
     assert "Traceback" not in out
+
+
+def test_ring_auto_follows_the_host(guest, ns):
+    # auto offers the ring except where CPL0 guest code is emulated (docs/performance.md).
+    ns.tap("tap0")
+    status, out = finish(tender(ns, "--net:service0=tap0", guest("test_ringattack", ONE), "index"), timeout=60)
+    if os.path.exists("/sys/module/kvm_pvm"):
+        assert status == 98 and "no ring offered" in out, out
+    else:
+        assert status == 1 and "Invalid guest ring state" in out, out

@@ -76,11 +76,16 @@ class kvm_cpuid2(ctypes.Structure):
     _fields_ = [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32)]
 
 
+_cpuid2_types: dict = {}
+
+
 def cpuid2_type(nent: int):
-    """A kvm_cpuid2 with room for `nent` entries."""
-    return type(f"kvm_cpuid2_{nent}", (ctypes.Structure,), {
-        "_fields_": [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32),
-                     ("entries", kvm_cpuid_entry2 * nent)]})
+    """A kvm_cpuid2 with room for `nent` entries (one class per size, made once)."""
+    if nent not in _cpuid2_types:
+        _cpuid2_types[nent] = type(f"kvm_cpuid2_{nent}", (ctypes.Structure,), {
+            "_fields_": [("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32),
+                         ("entries", kvm_cpuid_entry2 * nent)]})
+    return _cpuid2_types[nent]
 
 
 class kvm_ioeventfd(ctypes.Structure):

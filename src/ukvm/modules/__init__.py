@@ -6,17 +6,21 @@ through this interface, so devices plug in without touching the core.
 """
 from __future__ import annotations
 
-import re
 import sys
-from typing import TYPE_CHECKING
 
 from ukvm.manifest import Manifest
 
-if TYPE_CHECKING:
-    from ukvm.vm import VM
 
-# NAME in module options: 1-67 alphanumeric characters followed by '='.
-MODULE_OPTION = re.compile(r"--(?P<opt>[a-z-]+):(?P<name>[A-Za-z0-9]{1,67})=(?P<value>.*)\Z", re.S)
+
+def parse_module_option(arg: str) -> tuple[str, str, str] | None:
+    """`--OPT:NAME=VALUE` as (OPT, NAME, VALUE); NAME is 1-67 alphanumerics. None otherwise."""
+    if not arg.startswith("--"):
+        return None
+    opt, colon, rest = arg[2:].partition(":")
+    name, equals, value = rest.partition("=")
+    if not colon or not equals or not 1 <= len(name) <= 67 or not (name.isascii() and name.isalnum()):
+        return None
+    return opt, name, value
 
 
 class Module:

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError
 from ukvm.manifest import MFT_DEV_BLOCK_BASIC, Entry
-from ukvm.modules import MODULE_OPTION, Module
-
-if TYPE_CHECKING:
-    from ukvm.vm import VM
+from ukvm.modules import Module, parse_module_option
 
 DEFAULT_BLOCK_SIZE = 512
 MAX_PATH = 4096
@@ -25,13 +20,12 @@ LEN_MAX = (1 << 63) - 1
 BAD_BLOCK_SIZE = "Block size must be a multiple of 2 greater than or equal 512"
 
 
-@dataclass
 class BlockDevice:
-    entry: Entry
-    path: str
-    fd: int
-    capacity: int
-    block_size: int = 0
+    __slots__ = ("entry", "path", "fd", "capacity", "block_size")
+
+    def __init__(self, entry: Entry, path: str, fd: int, capacity: int):
+        self.entry, self.path, self.fd, self.capacity = entry, path, fd, capacity
+        self.block_size = 0
 
 
 class BlockModule(Module):
@@ -47,11 +41,11 @@ class BlockModule(Module):
 
     # --- options -------------------------------------------------------------------------------
     def handle_arg(self, arg: str) -> bool:
-        m = MODULE_OPTION.match(arg)
-        if m is None or m["opt"] not in ("block", "block-sector-size"):
+        parsed = parse_module_option(arg)
+        if parsed is None or parsed[0] not in ("block", "block-sector-size"):
             return False
-        name, value = m["name"], m["value"]
-        if m["opt"] == "block":
+        opt, name, value = parsed
+        if opt == "block":
             if not value or len(value) > MAX_PATH or any(c.isspace() for c in value):
                 return False
             if self._entry(name) is None:

@@ -8,13 +8,9 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import TYPE_CHECKING
 
 from ukvm import hvt_abi as hvt
 from ukvm.modules import Module
-
-if TYPE_CHECKING:
-    from ukvm.vm import VM
 
 MAX_SLEEP_S = 3600.0   # long guest sleeps are taken in slices; a signal ends them anyway
 

@@ -8,31 +8,35 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError, UsageError
 from ukvm.manifest import MFT_DEV_NET_BASIC, Entry
-from ukvm.modules import MODULE_OPTION, Module
-from ukvm.tap import adopt_tap_fd, open_tap
-
-if TYPE_CHECKING:
-    from ukvm.vm import VM
+from ukvm.modules import Module, parse_module_option
 
 MAX_IFACE = 19     # longer --net values are cut, as upstream does
-MAC_RE = re.compile(r"([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2}):"
-                    r"([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})\Z")
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
-@dataclass
+def parse_mac(text: str) -> bytes | None:
+    """Six `:`-separated groups of one or two hex digits."""
+    groups = text.split(":")
+    if len(groups) != 6 or not all(1 <= len(g) <= 2 and set(g) <= HEX_DIGITS for g in groups):
+        return None
+    return bytes(int(g, 16) for g in groups)
+
+
+def ring_default() -> bool:
+    """Offer the ring unless guest code at CPL0 is emulated (kvm_pvm): there a Solo5-built guest's
+    ring path, which spins and copies at CPL0, is slower than its hypercall path (docs/performance.md)."""
+    return not os.path.exists("/sys/module/kvm_pvm")
+
+
 class NetDevice:
-    entry: Entry
-    iface: str
-    fd: int
-    mtu: int
-    owns_fd: bool = True
+    __slots__ = ("entry", "iface", "fd", "mtu", "owns_fd")
+
+    def __init__(self, entry: Entry, iface: str, fd: int, mtu: int, owns_fd: bool = True):
+        self.entry, self.iface, self.fd, self.mtu, self.owns_fd = entry, iface, fd, mtu, owns_fd
 
 
 def generated_mac() -> bytes:
@@ -46,14 +50,15 @@ class NetModule(Module):
     name = "net"
     usage = ("  --net:NAME=IFACE | @NN (attach tap at IFACE or at fd NN as network NAME)\n"
              "  --net-mac:NAME=HWADDR (set HWADDR for network NAME)\n"
-             "  --net-ring=on|off (offer the v0.12 shared ring to the guest; default on)")
+             "  --net-ring=auto|on|off (offer the v0.12 shared ring; auto: off where CPL0 guest code is\n"
+             "    emulated (kvm_pvm), on elsewhere)")
 
     def __init__(self, manifest):
         super().__init__(manifest)
         self.devices: dict[str, NetDevice] = {}
         self.macs: dict[str, bytes] = {}
         self.by_handle: dict[int, NetDevice] = {}
-        self.ring_wanted = True
+        self.ring_wanted = ring_default()
         self.ring = None
 
     @property
@@ -64,19 +69,19 @@ class NetModule(Module):
     def handle_arg(self, arg: str) -> bool:
         if arg.startswith("--net-ring="):
             value = arg.split("=", 1)[1]
-            if value not in ("on", "off"):
+            if value not in ("auto", "on", "off"):
                 return False
-            self.ring_wanted = value == "on"
+            self.ring_wanted = ring_default() if value == "auto" else value == "on"
             return True
-        m = MODULE_OPTION.match(arg)
-        if m is None or m["opt"] not in ("net", "net-mac"):
+        parsed = parse_module_option(arg)
+        if parsed is None or parsed[0] not in ("net", "net-mac"):
             return False
-        name, value = m["name"], m["value"]
-        if m["opt"] == "net-mac":
-            mac = MAC_RE.match(value)
+        opt, name, value = parsed
+        if opt == "net-mac":
+            mac = parse_mac(value)
             if mac is None or self._entry(name) is None:
                 return False
-            self.macs[name] = bytes(int(g, 16) for g in mac.groups())
+            self.macs[name] = mac
             return True
         if not value or any(c.isspace() for c in value) or self._entry(name) is None:
             return False
@@ -99,6 +104,7 @@ class NetModule(Module):
         entry = self.manifest.find(name, MFT_DEV_NET_BASIC)
         if entry is None:
             raise UsageError(f"Resource not declared in manifest: '{name}'", show_usage=False)
+        from ukvm.tap import adopt_tap_fd, open_tap   # only when a NIC is attached
         if iface.startswith("@"):
             if not iface[1:].isdigit():
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))

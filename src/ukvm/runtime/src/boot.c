@@ -14,6 +14,37 @@ static const char banner[] =
     "| |_| | ' <  \\ V /| |\\/| |\n"
     " \\___/|_|\\_\\  \\_/ |_|  |_|\n";
 
+/* Banner and memory map, built without a format parser and written with one PUTS: where CPL0
+ * code is emulated (kvm_pvm) every instruction of start-up counts. */
+static void print_banner(uint64_t mem_size, uintptr_t heap_start)
+{
+    char buf[640];
+    struct out o = { buf, 0, sizeof buf };
+    OUT_LIT(&o, banner);
+    OUT_LIT(&o, "Solo5: Bindings version " UKVM_VERSION_STRING "\nSolo5: Memory map: ");
+    out_dec(&o, mem_size >> 20);
+    OUT_LIT(&o, " MB addressable:\nSolo5:   reserved @ (0x0 - 0x");
+    out_hex(&o, (uintptr_t)_stext - 1);
+    OUT_LIT(&o, ")\nSolo5:       text @ (0x");
+    out_hex(&o, (uintptr_t)_stext);
+    OUT_LIT(&o, " - 0x");
+    out_hex(&o, (uintptr_t)_etext - 1);
+    OUT_LIT(&o, ")\nSolo5:     rodata @ (0x");
+    out_hex(&o, (uintptr_t)_etext);
+    OUT_LIT(&o, " - 0x");
+    out_hex(&o, (uintptr_t)_erodata - 1);
+    OUT_LIT(&o, ")\nSolo5:       data @ (0x");
+    out_hex(&o, (uintptr_t)_erodata);
+    OUT_LIT(&o, " - 0x");
+    out_hex(&o, (uintptr_t)_end - 1);
+    OUT_LIT(&o, ")\nSolo5:       heap >= 0x");
+    out_hex(&o, heap_start);
+    OUT_LIT(&o, " < stack < 0x");
+    out_hex(&o, mem_size);
+    OUT_LIT(&o, "\n");
+    console_puts(buf, o.len < o.cap ? o.len : o.cap);
+}
+
 static int is_space(char c)
 {
     return c == ' ' || (c >= '\t' && c <= '\r');
@@ -53,19 +84,10 @@ void ukvm_start(struct hvt_boot_info *bi)
     cpu_init();
 
     start_info.cmdline = parse_runtime_options((const char *)bi->cmdline);
-    if (log_level >= LOG_INFO) {
-        console_puts(banner, sizeof banner - 1);
-        log_printf(LOG_INFO, "Solo5: Bindings version %s\n", UKVM_VERSION_STRING);
-    }
-
     uint64_t mem_size = bi->mem_size;
     uintptr_t heap_start = ((uintptr_t)_end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1);
-    log_printf(LOG_INFO, "Solo5: Memory map: %lu MB addressable:\n", mem_size >> 20);
-    log_printf(LOG_INFO, "Solo5:   reserved @ (0x0 - 0x%lx)\n", (uintptr_t)_stext - 1);
-    log_printf(LOG_INFO, "Solo5:       text @ (0x%lx - 0x%lx)\n", (uintptr_t)_stext, (uintptr_t)_etext - 1);
-    log_printf(LOG_INFO, "Solo5:     rodata @ (0x%lx - 0x%lx)\n", (uintptr_t)_etext, (uintptr_t)_erodata - 1);
-    log_printf(LOG_INFO, "Solo5:       data @ (0x%lx - 0x%lx)\n", (uintptr_t)_erodata, (uintptr_t)_end - 1);
-    log_printf(LOG_INFO, "Solo5:       heap >= 0x%lx < stack < 0x%lx\n", heap_start, mem_size);
+    if (log_level >= LOG_INFO)
+        print_banner(mem_size, heap_start);
     if (heap_start + MIN_HEAP > mem_size)
         PANIC("Not enough memory", 0);
 

@@ -24,11 +24,6 @@ void hvt_halt(int status, void *cookie)
         ;  /* the tender never resumes a halted guest */
 }
 
-struct out {
-    char *buf;
-    size_t len, cap;
-};
-
 static void out_char(struct out *o, char c)
 {
     if (o->len < o->cap)
@@ -44,19 +39,44 @@ static void out_str(struct out *o, const char *s)
         out_char(o, *s++);
 }
 
+void out_bytes(struct out *o, const char *s, size_t n)
+{
+    if (o->len < o->cap)
+        rt_memcpy(o->buf + o->len, s, n < o->cap - o->len ? n : o->cap - o->len);
+    o->len += n;
+}
+
+void out_hex(struct out *o, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[16];
+    int n = 16;
+    do {
+        tmp[--n] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    out_bytes(o, tmp + n, (size_t)(16 - n));
+}
+
+void out_dec(struct out *o, uint64_t v)
+{
+    char tmp[20];
+    int n = 20;
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    out_bytes(o, tmp + n, (size_t)(20 - n));
+}
+
 static void out_num(struct out *o, uint64_t v, unsigned base, int negative)
 {
-    char digits[24];
-    int n = 0;
-    do {
-        unsigned d = v % base;
-        digits[n++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
-        v /= base;
-    } while (v);
     if (negative)
         out_char(o, '-');
-    while (n)
-        out_char(o, digits[--n]);
+    if (base == 16)
+        out_hex(o, v);
+    else
+        out_dec(o, v);
 }
 
 /* A small printf: %s %c %d %u %x %p %%, with l/ll/z length modifiers. */

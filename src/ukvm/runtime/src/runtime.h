@@ -12,7 +12,15 @@
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 extern int log_level;
 
-/* console.c */
+/* console.c: text is built in a struct out (bounded), then written with one PUTS */
+struct out {
+    char *buf;
+    size_t len, cap;
+};
+void out_bytes(struct out *o, const char *s, size_t n);
+#define OUT_LIT(o, lit) out_bytes((o), (lit), sizeof(lit) - 1)
+void out_hex(struct out *o, uint64_t v);
+void out_dec(struct out *o, uint64_t v);
 void console_puts(const char *s, size_t n);
 void log_printf(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void abort_msg(const char *file, int line, const char *msg, void *cookie) __attribute__((noreturn));

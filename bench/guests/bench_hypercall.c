@@ -1,0 +1,29 @@
+/* bench_hypercall: N WALLTIME hypercalls, then the same loop without the exit; ns per iteration. */
+#include "solo5.h"
+#include "../../tests/guests/testlib.h"
+
+static uint64_t parse(const char *s)
+{
+    uint64_t v = 0;
+    while (*s >= '0' && *s <= '9')
+        v = v * 10 + (uint64_t)(*s++ - '0');
+    return v;
+}
+
+int solo5_app_main(const struct solo5_start_info *si)
+{
+    uint64_t n = parse(si->cmdline);
+    solo5_time_t t0 = solo5_clock_monotonic();
+    for (uint64_t i = 0; i < n; i++)
+        (void)solo5_clock_wall();
+    solo5_time_t t1 = solo5_clock_monotonic();
+    for (uint64_t i = 0; i < n; i++)
+        __asm__ __volatile__("" ::: "memory");
+    solo5_time_t t2 = solo5_clock_monotonic();
+    puts("hypercall_ns ");
+    put_u64((t1 - t0) / n);
+    puts("\nloop_ns ");
+    put_u64((t2 - t1) / n);
+    puts("\n");
+    return 0;
+}

@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""bench/run.py: ukvm's benchmarks, each printed next to a floor measured in the same run.
+
+    python3 bench/run.py [--quick] [--only NAME[,NAME]] [--json bench/results.json]
+
+Sections: start (cold start, RSS), hypercall, block, net. Guests are built from bench/guests
+with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
+itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
+iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
+emulated on kvm_pvm) and which is the tender's is measured in-process by timing KVM_RUN.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+LAUNCHER = ROOT / "bin" / "ukvm-hvt"
+GUEST_CFLAGS = "--cflags=-mgeneral-regs-only"
+ROWS: list[dict] = []
+
+
+def row(section, name, value, unit, floor=None, floor_name="", note=""):
+    ratio = (value / floor) if floor else None
+    ROWS.append({"section": section, "name": name, "value": value, "unit": unit, "floor": floor,
+                 "floor_name": floor_name, "ratio": ratio, "note": note})
+    f = f"{floor:12.1f}" if floor is not None else " " * 12
+    r = f"{ratio:7.2f}x" if ratio is not None else " " * 8
+    print(f"{section:9} {name:42} {value:12.1f} {unit:8} {f} {r}  {floor_name}{'  ' + note if note else ''}",
+          flush=True)
+
+
+def sh(*cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw).stdout
+
+
+def build(work: Path, name: str, manifest: str | None = None, extra=()) -> Path:
+    out = work / f"{name}.hvt"
+    src = ROOT / "bench" / "guests" / f"{name}.c"
+    if not src.exists():
+        src = ROOT / "tests" / "guests" / f"{name}.c"
+    cmd = [sys.executable, "-m", "ukvm", "build", src, "-o", out, GUEST_CFLAGS, *extra]
+    if manifest:
+        (work / f"{name}.json").write_text(manifest)
+        cmd += ["--manifest", work / f"{name}.json"]
+    sh(*cmd)
+    return out
+
+
+def timed_runs(cmd, n) -> float:
+    """Median wall time (ms) of `cmd` over n runs."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def child_rss(floor, cmd) -> int:
+    """Peak RSS (KiB) of one run of cmd, as seen by the small C parent in floor.c."""
+    return int(sh(floor, "rss", *cmd))
+
+
+class KvmRunTimer:
+    """In-process breakdown: time inside KVM_RUN (guest + exit) vs in the tender between runs."""
+
+    def __init__(self):
+        from ukvm.kvm import ioctls
+        self.ioctls = ioctls
+        self.orig = ioctls.VcpuFd.run_once
+        self.inside = 0.0
+        self.exits = 0
+        timer = self
+
+        def run_once(vcpu):
+            t = time.perf_counter()
+            try:
+                timer.orig(vcpu)
+            finally:
+                timer.inside += time.perf_counter() - t
+                timer.exits += 1
+        ioctls.VcpuFd.run_once = run_once
+
+    def close(self):
+        self.ioctls.VcpuFd.run_once = self.orig
+
+
+def in_process(kernel_path, args, mem=8 << 20, modules=None):
+    """Run one VM in this process; returns (total s, inside KVM_RUN s, exits, guest stdout)."""
+    from ukvm.vm import VM, Kernel
+    kernel = Kernel(str(kernel_path))
+    timer = KvmRunTimer()
+    r, w = os.pipe()
+    try:
+        vm = VM(kernel, args, mem=mem, modules=modules(kernel) if modules else None, warn=lambda m: None)
+        vm.core.stdout_fd = w
+        t = time.perf_counter()
+        vm.run()
+        total = time.perf_counter() - t
+        vm.close()
+        os.close(w)
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        return total, timer.inside, timer.exits, out.decode()
+    finally:
+        timer.close()
+        os.close(r)
+        kernel.close()
+
+
+def guest_values(text: str) -> dict[str, float]:
+    vals = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            vals[parts[0]] = float(parts[1])
+    return vals
+
+
+# --- sections ----------------------------------------------------------------------------------
+def bench_start(work, floor, runs):
+    hello = work / "hello.hvt"
+    sh(sys.executable, "-m", "ukvm", "build", ROOT / "examples" / "hello", "-o", hello)
+    interp = timed_runs([sys.executable, "-I", "-S", "-c", "pass"], runs)
+    c_start = timed_runs([floor, "start"], runs)
+    lean = timed_runs([LAUNCHER, "--mem=8", hello, "Hi"], runs)
+    quiet = timed_runs([LAUNCHER, "--mem=8", hello, "--solo5:quiet", "Hi"], runs)
+    script = [sys.executable, "-m", "ukvm", "run", "--mem=8", hello, "Hi"]
+    module_run = timed_runs(script, max(5, runs // 3))
+    row("start", "hello cold start (bin/ukvm-hvt, -I -S)", lean, "ms", interp, "python3 -I -S -c pass",
+        f"+{lean - interp:.1f} ms")
+    row("start", "hello cold start, --solo5:quiet", quiet, "ms", interp, "python3 -I -S -c pass",
+        f"+{quiet - interp:.1f} ms")
+    row("start", "hello cold start (python3 -m ukvm run)", module_run, "ms", interp, "python3 -I -S -c pass",
+        "site-packages .pth files of this machine included")
+    row("start", "C KVM program: create VM, one exit", c_start, "ms", interp, "python3 -I -S -c pass")
+    total, inside, exits, _ = in_process(hello, ["Hi"])
+    row("start", "hello run phase: guest + exits (in KVM_RUN)", inside * 1e3, "ms", note=f"{exits} exits; CPL0 code emulated")
+    row("start", "hello run phase: tender between exits", (total - inside) * 1e3, "ms")
+    rss = statistics.median(child_rss(floor, [LAUNCHER, "--mem=8", hello, "Hi"]) for _ in range(5))
+    interp_rss = statistics.median(child_rss(floor, [sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(5))
+    row("memory", "tender peak RSS, hello", rss / 1024, "MiB", interp_rss / 1024, "interpreter alone")
+
+
+def bench_hypercall(work, floor, quick):
+    n = 5000 if quick else 20000
+    guest = build(work, "bench_hypercall")
+    exit_floor = float(sh(floor, "exits", n * 5))
+    total, inside, exits, out = in_process(guest, ["--solo5:quiet", str(n)])
+    vals = guest_values(out)
+    per_call = vals["hypercall_ns"] - vals["loop_ns"]
+    tender_per_exit = (total - inside) / exits * 1e9
+    row("hypercall", "WALLTIME round trip seen by the guest", per_call, "ns", exit_floor, "C: raw `out` exit",
+        "includes the guest's own CPL0 instructions")
+    row("hypercall", "tender part per exit (dispatch + handler)", tender_per_exit, "ns", exit_floor,
+        "C: raw `out` exit")
+    row("hypercall", "raw exit + tender part", exit_floor + tender_per_exit, "ns", exit_floor, "C: raw `out` exit",
+        "target <= 1.5x")
+
+
+def bench_block(work, floor, quick):
+    guest = build(work, "bench_block", json.dumps({"type": "solo5.manifest", "version": 1,
+                                                    "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]}))
+    img = work / "bench.img"
+    with open(img, "wb") as f:
+        f.truncate(256 << 20)
+    sh(floor, "pwrite", img, 8 << 20, 256)    # allocate the file's pages before anything is timed
+    from ukvm.modules import default_modules
+    cases = [(512, 8 if quick else 32), (8 << 20, 1024 if quick else 4096)]
+    for bs, mb in cases:
+        def modules(kernel):
+            mods = default_modules(kernel.manifest())
+            mods[1].attach("storage", str(img))
+            return mods
+        _, _, _, out = in_process(guest, ["--solo5:quiet", str(bs), str(mb)], mem=64 << 20, modules=modules)
+        vals = guest_values(out)
+        w = mb / (vals["write_ns"] / 1e9)
+        r = mb / (vals["read_ns"] / 1e9)
+        fw = float(sh(floor, "pwrite", img, bs, mb))
+        fr = float(sh(floor, "pread", img, bs, mb))
+        label = "1 block" if bs == 512 else f"{bs >> 20} MiB"   # on a 256 MiB device
+        row("block", f"sequential write, {label}/request, {mb} MiB", w, "MB/s", fw, "C pwrite, same sizes")
+        row("block", f"sequential read, {label}/request, {mb} MiB", r, "MB/s", fr, "C pread, same sizes")
+
+
+def bench_net(work, floor, quick):
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+    from test_net import ONE, Netns, finish, ping_received   # the test suite's namespace helper
+    count = 5000 if quick else 20000
+    net_guest = build(work, "test_net", ONE)
+    tx_guest = build(work, "bench_net_tx", ONE)
+    udp_client = ROOT / "bench" / "udp_client.py"
+
+    def ping_stats(ns, addr):
+        out = ns.run("ping", "-fq", "-c", count, "-w", "120", addr, timeout=150).stdout.decode()
+        rtt = float(out.split("rtt min/avg/max/mdev = ")[1].split("/")[1])
+        ms = float(out.split("time ")[1].split("ms")[0])
+        return ping_received(out), rtt, count / (ms / 1e3)
+
+    # Floor: a Linux peer across a veth pair in two namespaces.
+    a, b = Netns(), Netns()
+    try:
+        subprocess.run(["ip", "link", "add", "ukvmbench0", "netns", a.name, "type", "veth", "peer", "name",
+                        "ukvmbench1", "netns", b.name], check=True, timeout=30)
+        a.exec_ok("ip", "addr", "add", "10.0.0.1/24", "dev", "ukvmbench0")
+        a.exec_ok("ip", "link", "set", "ukvmbench0", "up")
+        b.exec_ok("ip", "addr", "add", "10.0.0.2/24", "dev", "ukvmbench1")
+        b.exec_ok("ip", "link", "set", "ukvmbench1", "up")
+        _, floor_rtt, floor_rate = ping_stats(a, "10.0.0.2")
+        floor_udp = {}
+        for size in (64, 1400):
+            echo = b.popen(floor, "udpecho", 7, count)
+            out = a.run(sys.executable, udp_client, count, size, 32, timeout=150).stdout.decode()
+            finish(echo, timeout=30)
+            floor_udp[size] = guest_values(out)["pps"]
+    finally:
+        a.close()
+        b.close()
+
+    for ring in ("off", "on"):
+        ns = Netns()
+        try:
+            ns.tap("tap0", "10.0.0.1/24")
+            t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", net_guest, "--solo5:quiet")
+            ns.run("ping", "-c", "1", "-w", "30", "10.0.0.2", timeout=60)
+            got, rtt, rate = ping_stats(ns, "10.0.0.2")
+            row("net", f"ping RTT, ring {ring}", rtt * 1e3, "us", floor_rtt * 1e3, "veth Linux peer")
+            row("net", f"ping flood round trips/s, ring {ring}", rate, "/s", floor_rate, "veth Linux peer",
+                f"{got}/{count} replies")
+            for size in (64, 1400):
+                out = ns.run(sys.executable, udp_client, count, size, 32, timeout=150).stdout.decode()
+                pps = guest_values(out)["pps"]
+                row("net", f"UDP echo {size} B, window 32, ring {ring}", pps, "pkt/s", floor_udp[size],
+                    "veth Linux peer (C echo)", f"{pps * size * 8 / 1e6:.1f} Mbit/s each way")
+            t.kill()
+            finish(t)
+            n_tx = count
+            t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", tx_guest, "--solo5:quiet",
+                         n_tx, 1514)
+            _, out = finish(t, timeout=150)
+            tx = n_tx / (guest_values(out)["tx_ns"] / 1e9)
+            row("net", f"guest transmit 1514 B frames/s, ring {ring}", tx, "/s")
+        finally:
+            ns.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
+    ap.add_argument("--only", default="start,hypercall,block,net")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
+        work = Path(tmp)
+        floor = work / "floor"
+        sh("gcc", "-O2", "-o", floor, ROOT / "bench" / "floor.c")
+        print(f"{'section':9} {'figure':42} {'ukvm':>12} {'unit':8} {'floor':>12} {'ratio':>8}  floor is")
+        sections = {"start": lambda: bench_start(work, floor, 10 if args.quick else 30),
+                    "hypercall": lambda: bench_hypercall(work, floor, args.quick),
+                    "block": lambda: bench_block(work, floor, args.quick),
+                    "net": lambda: bench_net(work, floor, args.quick)}
+        for name in args.only.split(","):
+            sections[name]()
+    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": os.uname().release,
+                                           "kvm_pvm": os.path.exists("/sys/module/kvm_pvm"), "rows": ROWS}, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
