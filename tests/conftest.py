@@ -31,9 +31,10 @@ def run_hvt(*args, **kw) -> subprocess.CompletedProcess:
     return p
 
 
-# Guest code runs at CPL0, where kvm_pvm cannot execute SSE (docs/pvm.md): test guests are built
-# for general registers only, except those whose point is SSE.
-GUEST_CFLAGS = "-mgeneral-regs-only"
+# Guests built with --cpl0 run their code at CPL0, where kvm_pvm cannot execute SSE (docs/pvm.md):
+# those are built for general registers only, except the ones whose point is SSE. Guests built
+# the default way run at CPL3, where SSE is native.
+CPL0_CFLAGS = "-mgeneral-regs-only"
 USES_SSE = {"test_fpu"}
 
 
@@ -42,14 +43,19 @@ class GuestBuilder:
         self.outdir = outdir
         self.built: dict[str, Path] = {}
 
-    def __call__(self, name: str, manifest: str | None = None) -> Path:
-        """Build tests/guests/NAME.c (with an optional manifest.json text) once per session."""
-        key = f"{name}:{manifest}"
+    def __call__(self, name: str, manifest: str | None = None, cpl0: bool = True) -> Path:
+        """Build tests/guests/NAME.c (with an optional manifest.json text) once per session.
+
+        cpl0=True (the default for device and tender tests) builds with --cpl0; the Solo5 test
+        equivalents run in both modes."""
+        key = f"{name}:{manifest}:{cpl0}"
         if key not in self.built:
             out = self.outdir / f"{name}-{len(self.built)}.hvt"
             args = ["build", GUESTS / f"{name}.c", "-o", out]
-            if name not in USES_SSE:
-                args.append(f"--cflags={GUEST_CFLAGS}")
+            if cpl0:
+                args.append("--cpl0")
+                if name not in USES_SSE:
+                    args.append(f"--cflags={CPL0_CFLAGS}")
             if manifest is not None:
                 mpath = self.outdir / f"{name}-{len(self.built)}.json"
                 mpath.write_text(manifest)

@@ -118,8 +118,11 @@ def compile_manifest(manifest_json: str, source_name: str, out_obj: Path) -> Non
 
 
 def build(sources: list[str], output: str, manifest: str | None = None,
-          cflags: list[str] | None = None) -> None:
-    """Compile C/assembly sources (or directories of them) and link APP.hvt."""
+          cflags: list[str] | None = None, cpl0: bool = False) -> None:
+    """Compile C/assembly sources (or directories of them) and link APP.hvt.
+
+    By default the image asks a ukvm tender to run it at CPL3 (docs/cpl3.md); `cpl0` builds a
+    classic image that runs at CPL0 everywhere."""
     files: list[Path] = []
     for src in sources:
         p = Path(src)
@@ -157,20 +160,24 @@ def build(sources: list[str], output: str, manifest: str | None = None,
         compile_manifest(manifest_text, manifest, mft_obj)
         out_tmp = Path(tmp) / "out.hvt"
         _run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "-z", "noexecstack",
-              "--build-id=none", "-T", str(LINKER_SCRIPT), "-o", str(out_tmp),
+              "--build-id=none", f"--defsym=ukvm_mode_flags={0 if cpl0 else 1}",
+              "-T", str(LINKER_SCRIPT), "-o", str(out_tmp),
               str(rt / RUNTIME_OBJ), *objs, str(mft_obj), str(rt / LIBC_ARCHIVE)])
         shutil.move(str(out_tmp), output)
 
 
-BUILD_USAGE = """usage: ukvm build SRC... -o APP.hvt [ --manifest manifest.json ] [ --cflags=FLAGS ]
+BUILD_USAGE = """usage: ukvm build SRC... -o APP.hvt [ --manifest manifest.json ] [ --cflags=FLAGS ] [ --cpl0 ]
 SRC are C (.c), assembly (.S) or object (.o) files, or directories holding .c files and an
-optional manifest.json. With no manifest the unikernel declares no devices."""
+optional manifest.json. With no manifest the unikernel declares no devices.
+The unikernel runs at CPL3 on ukvm (at CPL0 on tenders that do not offer it); --cpl0 makes
+it run at CPL0 everywhere."""
 
 
 def build_main(argv: list[str]) -> int:
     sources: list[str] = []
     output = manifest = None
     cflags: list[str] = []
+    cpl0 = False
     it = iter(argv)
     try:
         for arg in it:
@@ -185,6 +192,8 @@ def build_main(argv: list[str]) -> int:
                 manifest = arg.split("=", 1)[1]
             elif arg.startswith("--cflags="):
                 cflags += arg.split("=", 1)[1].split()
+            elif arg == "--cpl0":
+                cpl0 = True
             elif arg.startswith("-"):
                 print(f"ukvm build: unknown option: {arg}\n{BUILD_USAGE}", file=sys.stderr)
                 return 1
@@ -197,7 +206,7 @@ def build_main(argv: list[str]) -> int:
         print(BUILD_USAGE, file=sys.stderr)
         return 1
     try:
-        build(sources, output, manifest, cflags)
+        build(sources, output, manifest, cflags, cpl0)
     except UkvmError as e:
         print(f"ukvm build: {e}", file=sys.stderr)
         return 1

@@ -28,6 +28,11 @@ NOTE_MFT1 = 0x3154464D
 NOTE_LIMITS = {NOTE_ABI1: (4, 32), NOTE_MFT1: (8, 6668)}
 SOLO5_NOTE_NAME = b"Solo5\0"
 
+# ukvm's own note (name "ukvm"): MODE, descriptor u32 flags; bit 0 asks to run at CPL3.
+UKVM_NOTE_NAME = b"ukvm\0"
+UKVM_NOTE_MODE = 0x45444F4D          # "MODE"
+UKVM_MODE_CPL3 = 1
+
 ABI_TARGETS = {1: "hvt", 2: "spt", 3: "virtio", 4: "muen", 5: "genode", 6: "xen"}
 HVT_ABI_TARGET = 1
 
@@ -114,6 +119,21 @@ class ElfFile:
                 raise self._fail(f"phdr[{i}] note payload does not match the expected size")
             return payload
         return None
+
+    def ukvm_mode(self) -> int:
+        """Flags of the ukvm MODE note (0 when there is none; other notes are not ours)."""
+        for i, (p_type, _flags, p_offset, _va, _pa, p_filesz, _ms, _al) in enumerate(self.phdrs):
+            if p_type != PT_NOTE or p_filesz < Elf64_Nhdr.size + 4:
+                continue
+            raw = self._pread(Elf64_Nhdr.size + 4, p_offset)
+            if len(raw) != Elf64_Nhdr.size + 4:
+                continue
+            namesz, descsz, n_type, name = Elf64_Nhdr.unpack_from(raw)
+            if namesz == len(UKVM_NOTE_NAME) and name[:5] == UKVM_NOTE_NAME and n_type == UKVM_NOTE_MODE:
+                if descsz != 4:
+                    raise self._fail(f"phdr[{i}] ukvm note does not fall within valid size ({descsz} != 4)")
+                return struct.unpack_from("<I", raw, Elf64_Nhdr.size)[0]
+        return 0
 
     def abi(self) -> tuple[int, int] | None:
         """(abi_target, abi_version) from the ABI1 note, or None when there is none."""

@@ -56,6 +56,10 @@ MEM_DEFAULT = 512 << 20
 hvt_boot_info = struct.Struct("<QQQQQIIQ")
 assert hvt_boot_info.size == 56
 HVT_FEATURE_RING_IO = 1
+# ukvm extension (Solo5 v0.12.1 defines bit 0 only): page tables are user-accessible and
+# CR4.FSGSBASE is set, so the guest may run at CPL3 (docs/cpl3.md). Set only for guests that ask
+# with a `ukvm` MODE note; upstream guests never see it.
+UKVM_FEATURE_CPL3 = 1 << 31
 
 # Network ring (section 9): sizes needed by memory sizing even without the ring thread.
 HVT_RING_STRUCT_SIZE = 49280

@@ -182,5 +182,5 @@ def start_ring(vm: VM, devices: dict[int, NetDevice]) -> RingServer | None:
     server = RingServer(vm.mem, devices, efd, vm.fail_from_thread)
     server.start()
     vm.ring_gpa = server.gpa
-    vm.host_features = hvt.HVT_FEATURE_RING_IO
+    vm.host_features |= hvt.HVT_FEATURE_RING_IO
     return server

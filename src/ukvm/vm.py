@@ -13,7 +13,7 @@ import _thread
 import sys
 
 from ukvm import hvt_abi as hvt
-from ukvm.elf import NOTE_MFT1, ElfFile
+from ukvm.elf import NOTE_MFT1, UKVM_MODE_CPL3, ElfFile
 from ukvm.errors import ElfError, KvmError, UkvmError, UsageError
 from ukvm.exits import HypercallTable, handle_exit, translation_fault
 from ukvm.kvm import abi
@@ -42,6 +42,7 @@ class Kernel:
                 raise ElfError(f"{path}: No Solo5 manifest found in executable")
             self.manifest_payload = payload
             Manifest.parse(payload, path)
+            self.mode = self.elf.ukvm_mode()
         except BaseException:
             self.elf.close()
             raise
@@ -114,9 +115,11 @@ class VM:
             self.mem.limit = size - hvt.HVT_RING_AREA
         self.ring_gpa = 0
         self.host_features = 0
-        write_page_tables(self.mem)
+        wants_cpl3 = bool(self.kernel.mode & UKVM_MODE_CPL3)
+        write_page_tables(self.mem, user=wants_cpl3)
         write_gdt(self.mem)
-        setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit)
+        if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=wants_cpl3):
+            self.host_features |= hvt.UKVM_FEATURE_CPL3
         tsc_hz = self.vcpu.tsc_khz() * 1000
 
         for module in self.modules:

@@ -53,3 +53,16 @@ def test_gdt_and_sregs():
         assert (seg.selector, seg.type, seg.db, seg.s, seg.present) == (0x10, 3, 1, 1, 1)
     assert (s.tr.type, s.tr.present, s.ldt.unusable) == (11, 1, 1)
     assert (s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit) == (hvt.HVT_GDT_BASE, 23, 0, 0)
+
+
+def test_user_page_tables_add_only_the_us_bit():
+    plain, user = GuestMemory(8 << 20), GuestMemory(8 << 20)
+    try:
+        write_page_tables(plain)
+        write_page_tables(user, user=True)
+        for gpa in (0x2000, 0x3000, 0x4000, 0x4008, 0x8080, 0x8800):
+            assert q(user, gpa) == q(plain, gpa) | 0x4
+        assert q(user, 0x8000) == 0            # not-present entries stay empty
+    finally:
+        plain.close()
+        user.close()

@@ -93,6 +93,15 @@ class kvm_ioeventfd(ctypes.Structure):
                 ("fd", ctypes.c_int32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 36)]
 
 
+class kvm_xcr(ctypes.Structure):
+    _fields_ = [("xcr", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("value", ctypes.c_uint64)]
+
+
+class kvm_xcrs(ctypes.Structure):
+    _fields_ = [("nr_xcrs", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("xcrs", kvm_xcr * 16),
+                ("padding", ctypes.c_uint64 * 16)]
+
+
 class kvm_fpu(ctypes.Structure):
     _fields_ = [("fpr", ctypes.c_uint8 * 128), ("fcw", ctypes.c_uint16), ("fsw", ctypes.c_uint16),
                 ("ftwx", ctypes.c_uint8), ("pad1", ctypes.c_uint8), ("last_opcode", ctypes.c_uint16),
@@ -119,6 +128,7 @@ KVM_SET_SREGS = _IOW(0x84, kvm_sregs)
 KVM_GET_FPU = _IOR(0x8C, kvm_fpu)
 KVM_SET_CPUID2 = _IOW(0x90, kvm_cpuid2)
 KVM_GET_TSC_KHZ = _IO(0xA3)
+KVM_SET_XCRS = _IOW(0xA7, kvm_xcrs)
 
 KVM_API_VERSION = 12
 KVM_CAP_USER_MEMORY = 3

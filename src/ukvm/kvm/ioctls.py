@@ -120,6 +120,12 @@ class VcpuFd:
     def set_cpuid2(self, cpuid) -> None:
         _ioctl(self.fd, abi.KVM_SET_CPUID2, cpuid, "SET_CPUID2")
 
+    def set_xcr0(self, value: int) -> None:
+        xcrs = abi.kvm_xcrs(nr_xcrs=1)
+        xcrs.xcrs[0].xcr = 0
+        xcrs.xcrs[0].value = value
+        _ioctl(self.fd, abi.KVM_SET_XCRS, xcrs, "SET_XCRS")
+
     def get_fpu(self) -> abi.kvm_fpu:
         fpu = abi.kvm_fpu()
         _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "GET_FPU")

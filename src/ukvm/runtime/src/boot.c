@@ -82,6 +82,8 @@ void ukvm_start(struct hvt_boot_info *bi)
     ssp_init();
     cpu_set_fs_base(0);   /* TLS use before solo5_set_tls_base() faults at once */
     cpu_init();
+    if (bi->host_features & UKVM_FEATURE_CPL3)
+        cpu_enter_user();   /* from here on everything runs at CPL3 */
 
     start_info.cmdline = parse_runtime_options((const char *)bi->cmdline);
     uint64_t mem_size = bi->mem_size;

@@ -1,12 +1,25 @@
-/* cpu.c: the runtime's own GDT, TSS and IDT, and the fatal-trap report. */
+/*
+ * cpu.c: the runtime's own GDT, TSS and IDT, the drop to CPL3, and the fatal-trap report.
+ *
+ * Where the tender allows it (boot info UKVM_FEATURE_CPL3) the runtime leaves CPL0 right after
+ * setting up its tables: it continues on the same stack at CPL3, the TSS I/O bitmap lets it keep
+ * hypercalls a single `out`, and the FS base is written with wrfsbase. Exceptions still enter the CPL0 handlers
+ * through the IDT on their IST stacks. Nothing after start-up needs CPL0.
+ */
 #include "runtime.h"
 
 #define MSR_FS_BASE 0xc0000100
 #define SEL_CODE 0x08
 #define SEL_DATA 0x10
 #define SEL_TSS 0x18
+#define SEL_USER_CODE (0x28 | 3)
+#define SEL_USER_DATA (0x30 | 3)
 #define TRAP_STACK_SIZE 4096
 #define NVECTORS 32
+
+/* I/O permission bitmap: a clear bit lets CPL3 code use that port; ports at and above
+ * IO_PORTS_ALLOWED lie past the bitmap, and the 0xff byte that must end it, so they fault. */
+#define IO_PORTS_ALLOWED 0x800
 
 struct tss {
     uint32_t reserved0;
@@ -16,6 +29,8 @@ struct tss {
     uint64_t reserved2;
     uint16_t reserved3;
     uint16_t iomap_base;
+    uint8_t iomap[IO_PORTS_ALLOWED / 8];
+    uint8_t iomap_end;
 } __attribute__((packed));
 
 struct idt_gate {
@@ -38,12 +53,15 @@ struct trap_frame {
     uint64_t cr2, ec, rip, cs, rflags, rsp, ss;
 };
 
-static uint64_t gdt[5] = {
+static uint64_t gdt[7] = {
     0,
     0x00af9b000000ffffULL,  /* 0x08: 64-bit code, DPL 0 */
     0x00cf93000000ffffULL,  /* 0x10: data, DPL 0 */
-    0, 0                    /* 0x18: TSS, filled in below */
+    0, 0,                   /* 0x18: TSS, filled in below */
+    0x00affb000000ffffULL,  /* 0x28: 64-bit code, DPL 3 */
+    0x00cff3000000ffffULL,  /* 0x30: data, DPL 3 */
 };
+static int in_user;
 static struct tss tss;
 static struct idt_gate idt[NVECTORS];
 static uint8_t trap_stack[TRAP_STACK_SIZE] __attribute__((aligned(16)));
@@ -53,7 +71,34 @@ extern char ukvm_trap_stubs[];  /* start.S: 16 bytes per vector */
 
 void cpu_set_fs_base(uint64_t base)
 {
-    __asm__ __volatile__("wrmsr" : : "c"(MSR_FS_BASE), "a"((uint32_t)base), "d"((uint32_t)(base >> 32)));
+    if (in_user)
+        __asm__ __volatile__("wrfsbase %0" : : "r"(base));
+    else
+        __asm__ __volatile__("wrmsr" : : "c"(MSR_FS_BASE), "a"((uint32_t)base), "d"((uint32_t)(base >> 32)));
+}
+
+/* Continue on the same stack at CPL3. Hypercall ports stay usable through the TSS I/O bitmap
+ * (IOPL stays 0: kvm_pvm ignores an IOPL that a guest's iretq sets). */
+void cpu_enter_user(void)
+{
+    __asm__ __volatile__(
+        "movq %0, %%rax\n\t"
+        "movl %%eax, %%ds\n\t"
+        "movl %%eax, %%es\n\t"
+        "movq %%rsp, %%rcx\n\t"
+        "pushq %q0\n\t"               /* ss */
+        "pushq %%rcx\n\t"             /* rsp: the same stack */
+        "pushfq\n\t"                  /* rflags: unchanged (interrupts stay off) */
+        "pushq %q1\n\t"               /* cs */
+        "leaq 1f(%%rip), %%rax\n\t"
+        "pushq %%rax\n\t"
+        "iretq\n"
+        "1:"
+        :
+        : "r"((uint64_t)SEL_USER_DATA), "r"((uint64_t)SEL_USER_CODE)
+        : "rax", "rcx", "memory", "cc");
+    in_user = 1;
+    cpu_set_fs_base(0);   /* iretq may have nulled FS; TLS use before set-up must still fault */
 }
 
 void cpu_init(void)
@@ -61,7 +106,9 @@ void cpu_init(void)
     uint64_t tb = (uint64_t)(uintptr_t)&tss;
     tss.ist[0] = (uint64_t)(uintptr_t)(trap_stack + TRAP_STACK_SIZE);
     tss.ist[1] = (uint64_t)(uintptr_t)(fault_stack + TRAP_STACK_SIZE);
-    tss.iomap_base = sizeof tss;
+    tss.rsp[0] = tss.ist[0];
+    tss.iomap_base = (uint16_t)__builtin_offsetof(struct tss, iomap);
+    tss.iomap_end = 0xff;
     gdt[3] = (sizeof tss - 1) | ((tb & 0xffffff) << 16) | (0x89ULL << 40) | (((tb >> 24) & 0xff) << 56);
     gdt[4] = tb >> 32;
 

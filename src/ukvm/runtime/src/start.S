@@ -20,6 +20,17 @@
     .ascii "OpenBSD\0"
     .long 0
 
+/*
+ * ukvm MODE note: descriptor = flags, bit 0 asks a ukvm tender for user-accessible page tables
+ * so that the runtime can run the application at CPL3 (docs/cpl3.md). The value comes from the
+ * link (`ukvm build --cpl0` sets it to 0); Solo5 tenders look only at Solo5 notes.
+ */
+    .section .note.ukvm, "a", @note
+    .balign 4
+    .long 5, 4, 0x45444f4d
+    .ascii "ukvm\0\0\0\0"
+    .long ukvm_mode_flags
+
     .section .text.boot, "ax"
     .globl _start
     .type _start, @function
