@@ -3,7 +3,7 @@
 
     python3 bench/run.py [--quick] [--only NAME[,NAME]] [--json bench/results.json]
 
-Sections: start (cold start, RSS), hypercall, block, net. Guests are built from bench/guests
+Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0). Guests are built from bench/guests
 with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
@@ -40,12 +40,15 @@ def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw).stdout
 
 
-def build(work: Path, name: str, manifest: str | None = None, extra=()) -> Path:
-    out = work / f"{name}.hvt"
+def build(work: Path, name: str, manifest: str | None = None, extra=(), cpl0=True) -> Path:
+    """A bench guest; cpl0 builds (the default of most sections) run their code at CPL0."""
+    out = work / f"{name}{'' if cpl0 else '-cpl3'}.hvt"
     src = ROOT / "bench" / "guests" / f"{name}.c"
     if not src.exists():
         src = ROOT / "tests" / "guests" / f"{name}.c"
-    cmd = [sys.executable, "-m", "ukvm", "build", src, "-o", out, GUEST_CFLAGS, *extra]
+    cmd = [sys.executable, "-m", "ukvm", "build", src, "-o", out, *extra]
+    if cpl0:
+        cmd += ["--cpl0", GUEST_CFLAGS]
     if manifest:
         (work / f"{name}.json").write_text(manifest)
         cmd += ["--manifest", work / f"{name}.json"]
@@ -252,10 +255,74 @@ def bench_net(work, floor, quick):
             ns.close()
 
 
+def bench_cpl3(work, floor, quick):
+    """The same guests built for CPL3 (default) and with --cpl0, side by side."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+    from test_net import ONE, Netns, finish
+    n = 5000 if quick else 20000
+    per_mode = {}
+    for cpl0 in (True, False):
+        mode = "cpl0" if cpl0 else "cpl3"
+        res = per_mode[mode] = {}
+        _, _, _, out = in_process(build(work, "bench_hypercall", cpl0=cpl0), ["--solo5:quiet", str(n)])
+        v = guest_values(out)
+        res["walltime"] = v["hypercall_ns"] - v["loop_ns"]
+        mb = 1 if cpl0 else 64
+        _, _, _, out = in_process(build(work, "bench_compute", cpl0=cpl0), ["--solo5:quiet", str(mb)],
+                                  mem=(mb + 16) << 20)
+        res["compute"] = mb / (guest_values(out)["compute_ns"] / 1e9)
+        img = work / "cpl.img"
+        with open(img, "wb") as f:
+            f.truncate(64 << 20)
+        from ukvm.modules import default_modules
+
+        def modules(kernel):
+            mods = default_modules(kernel.manifest())
+            mods[1].attach("storage", str(img))
+            return mods
+        blk_mb = 4 if cpl0 else 32
+        blk = build(work, "bench_block", json.dumps({"type": "solo5.manifest", "version": 1, "devices": [
+            {"name": "storage", "type": "BLOCK_BASIC"}]}), cpl0=cpl0)
+        _, _, _, out = in_process(blk, ["--solo5:quiet", "512", str(blk_mb)], mem=64 << 20, modules=modules)
+        res["block"] = blk_mb / (guest_values(out)["write_ns"] / 1e9)
+        net = build(work, "test_net", ONE, cpl0=cpl0)
+        tx = build(work, "bench_net_tx", ONE, cpl0=cpl0)
+        for ring in ("off", "on"):
+            ns = Netns()
+            try:
+                ns.tap("tap0", "10.0.0.1/24")
+                t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", net, "--solo5:quiet")
+                ns.run("ping", "-c", "1", "-w", "30", "10.0.0.2", timeout=60)
+                out = ns.run("ping", "-fq", "-c", n, "-w", "120", "10.0.0.2", timeout=150).stdout.decode()
+                res[f"flood_{ring}"] = n / (float(out.split("time ")[1].split("ms")[0]) / 1e3)
+                out = ns.run(sys.executable, ROOT / "bench" / "udp_client.py", n, 64, 32, timeout=150).stdout.decode()
+                res[f"udp_{ring}"] = guest_values(out)["pps"]
+                t.kill()
+                finish(t)
+                t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", tx, "--solo5:quiet",
+                             n, 1514)
+                _, out = finish(t, timeout=150)
+                res[f"tx_{ring}"] = n / (guest_values(out)["tx_ns"] / 1e9)
+            finally:
+                ns.close()
+    c0, c3 = per_mode["cpl0"], per_mode["cpl3"]
+    row("cpl3", "WALLTIME round trip seen by the guest", c3["walltime"], "ns", c0["walltime"], "same guest, --cpl0")
+    row("cpl3", "compute: checksum, MB/s", c3["compute"], "MB/s", c0["compute"], "same guest, --cpl0",
+        "64 MiB at CPL3, 1 MiB at CPL0")
+    row("cpl3", "block write, 1 block/request", c3["block"], "MB/s", c0["block"], "same guest, --cpl0")
+    for ring in ("off", "on"):
+        row("cpl3", f"ping flood round trips/s, ring {ring}", c3[f"flood_{ring}"], "/s", c0[f"flood_{ring}"],
+            "same guest, --cpl0")
+        row("cpl3", f"UDP echo 64 B pkt/s, ring {ring}", c3[f"udp_{ring}"], "pkt/s", c0[f"udp_{ring}"],
+            "same guest, --cpl0")
+        row("cpl3", f"guest transmit 1514 B frames/s, ring {ring}", c3[f"tx_{ring}"], "/s", c0[f"tx_{ring}"],
+            "same guest, --cpl0")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net")
+    ap.add_argument("--only", default="start,hypercall,block,net,cpl3")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
@@ -266,7 +333,8 @@ def main() -> int:
         sections = {"start": lambda: bench_start(work, floor, 10 if args.quick else 30),
                     "hypercall": lambda: bench_hypercall(work, floor, args.quick),
                     "block": lambda: bench_block(work, floor, args.quick),
-                    "net": lambda: bench_net(work, floor, args.quick)}
+                    "net": lambda: bench_net(work, floor, args.quick),
+                    "cpl3": lambda: bench_cpl3(work, floor, args.quick)}
         for name in args.only.split(","):
             sections[name]()
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": os.uname().release,

@@ -35,11 +35,12 @@ def expect_success(p):
     assert "SUCCESS" in p.output
 
 
+@pytest.mark.parametrize("cpl0", [True, False], ids=["cpl0", "cpl3"])
 @pytest.mark.parametrize("sector", [None, 512, 1024, 4096, 32768])
-def test_blk(guest, tmp_path, sector):
+def test_blk(guest, tmp_path, sector, cpl0):
     img = image(tmp_path, 4 << 20)
     opts = [f"--block:storage={img}"] + ([f"--block-sector-size:storage={sector}"] if sector else [])
-    p = run_hvt("--mem=4096", *opts, "--", guest("test_blk", STORAGE))
+    p = run_hvt("--mem=4096", *opts, "--", guest("test_blk", STORAGE, cpl0=cpl0))
     expect_success(p)
     assert f"block_size {sector or 512}\n" in p.output
 
@@ -179,7 +180,8 @@ def test_acknowledged_writes_survive_the_tender_ending(guest, tmp_path, sig):
             assert f.read(512) == block_pattern(n), f"acknowledged block {n} lost"
 
 
-def test_mft_maxdevices(guest, tmp_path):
+@pytest.mark.parametrize("cpl0", [True, False], ids=["cpl0", "cpl3"])
+def test_mft_maxdevices(guest, tmp_path, cpl0):
     names = [f"storage{i}" for i in range(63)]
     opts = [f"--block:{n}={image(tmp_path, 4096, n + '.img')}" for n in names]
-    expect_success(run_hvt("--mem=4096", *opts, "--", guest("test_mft_maxdevices", manifest(*names))))
+    expect_success(run_hvt("--mem=4096", *opts, "--", guest("test_mft_maxdevices", manifest(*names), cpl0=cpl0)))

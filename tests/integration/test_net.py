@@ -184,10 +184,11 @@ print(f"udp ok {received}")
 """
 
 
+@pytest.mark.parametrize("cpl0", [True, False], ids=["cpl0", "cpl3"])
 @pytest.mark.parametrize("ring", ["off", "on"])
-def test_udp_echo(guest, ns, ring):
+def test_udp_echo(guest, ns, ring, cpl0):
     ns.tap("tap0", "10.0.0.1/24")
-    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE))
+    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE, cpl0=cpl0))
     try:
         wait_until_serving(ns)
         client = ns.run(sys.executable, "-c", UDP_CLIENT, "3000", "16", timeout=120)
@@ -283,11 +284,25 @@ def test_ring_attacks_stop_the_vm(guest, ns, attack, message):
     assert "Traceback" not in out
 
 
-def test_ring_auto_follows_the_host(guest, ns):
-    # auto offers the ring except where CPL0 guest code is emulated (docs/performance.md).
+@pytest.mark.parametrize("cpl0", [True, False])
+def test_ring_auto_follows_host_and_guest(guest, ns, cpl0):
+    # auto offers the ring except to CPL0 guests where CPL0 code is emulated (docs/performance.md).
     ns.tap("tap0")
-    status, out = finish(tender(ns, "--net:service0=tap0", guest("test_ringattack", ONE), "index"), timeout=60)
-    if os.path.exists("/sys/module/kvm_pvm"):
+    status, out = finish(tender(ns, "--net:service0=tap0", guest("test_ringattack", ONE, cpl0=cpl0), "index"),
+                         timeout=60)
+    if cpl0 and os.path.exists("/sys/module/kvm_pvm"):
         assert status == 98 and "no ring offered" in out, out
     else:
         assert status == 1 and "Invalid guest ring state" in out, out
+
+
+@pytest.mark.parametrize("ring", ["off", "on"])
+def test_cpl3_guest_ping_flood_and_integrity(guest, ns, ring):
+    ns.tap("tap0", "10.0.0.1/24")
+    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE, cpl0=False),
+               f"limit={FLOOD} verify")
+    _, ping_out = finish(flood(ns, "10.0.0.2", pattern="deadbeef"))
+    status, out = finish(t)
+    assert ping_received(ping_out) == FLOOD, ping_out
+    assert status == 0, out
+    assert f"Verified {FLOOD} packets, 0 corrupted" in out

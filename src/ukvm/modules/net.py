@@ -26,10 +26,13 @@ def parse_mac(text: str) -> bytes | None:
     return bytes(int(g, 16) for g in groups)
 
 
-def ring_default() -> bool:
-    """Offer the ring unless guest code at CPL0 is emulated (kvm_pvm): there a Solo5-built guest's
-    ring path, which spins and copies at CPL0, is slower than its hypercall path (docs/performance.md)."""
-    return not os.path.exists("/sys/module/kvm_pvm")
+def ring_wanted(mode: str, guest_at_cpl3: bool) -> bool:
+    """auto: offer the ring unless the guest's code runs at CPL0 on a host that emulates CPL0
+    (kvm_pvm). There a guest's ring path, which spins and copies at CPL0, is slower than its
+    hypercall path; at CPL3 the ring avoids exits that cost twice as much (docs/performance.md)."""
+    if mode != "auto":
+        return mode == "on"
+    return guest_at_cpl3 or not os.path.exists("/sys/module/kvm_pvm")
 
 
 class NetDevice:
@@ -50,15 +53,15 @@ class NetModule(Module):
     name = "net"
     usage = ("  --net:NAME=IFACE | @NN (attach tap at IFACE or at fd NN as network NAME)\n"
              "  --net-mac:NAME=HWADDR (set HWADDR for network NAME)\n"
-             "  --net-ring=auto|on|off (offer the v0.12 shared ring; auto: off where CPL0 guest code is\n"
-             "    emulated (kvm_pvm), on elsewhere)")
+             "  --net-ring=auto|on|off (offer the v0.12 shared ring; auto: on, except for guests whose\n"
+             "    code runs at CPL0 on a host that emulates CPL0 (kvm_pvm))")
 
     def __init__(self, manifest):
         super().__init__(manifest)
         self.devices: dict[str, NetDevice] = {}
         self.macs: dict[str, bytes] = {}
         self.by_handle: dict[int, NetDevice] = {}
-        self.ring_wanted = ring_default()
+        self.ring_mode = "auto"
         self.ring = None
 
     @property
@@ -71,7 +74,7 @@ class NetModule(Module):
             value = arg.split("=", 1)[1]
             if value not in ("auto", "on", "off"):
                 return False
-            self.ring_wanted = ring_default() if value == "auto" else value == "on"
+            self.ring_mode = value
             return True
         parsed = parse_module_option(arg)
         if parsed is None or parsed[0] not in ("net", "net-mac"):
@@ -134,7 +137,7 @@ class NetModule(Module):
             return
         vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_WRITE, self.hvt_hc_net_write)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_READ, self.hvt_hc_net_read)
-        if self.ring_wanted:
+        if ring_wanted(self.ring_mode, bool(vm.host_features & hvt.UKVM_FEATURE_CPL3)):
             from ukvm.ring import start_ring
             self.ring = start_ring(vm, self.by_handle)
 
