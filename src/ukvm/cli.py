@@ -11,6 +11,7 @@ from ukvm import __version__
 from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
 from ukvm.modules import default_modules, module_classes
+from ukvm.sandbox import sandbox_vm
 from ukvm.vm import VM, Kernel
 
 
@@ -29,6 +30,7 @@ def run_usage(prog: str) -> str:
         "  [ --mem=512 ] (guest memory in MB)",
         "    --help (display this help)",
         "    --version (display version information)",
+        "    --x-no-sandbox (debugging: do not confine the tender with seccomp)",
         "Compiled-in modules: " + "".join(cls.name + " " for cls in module_classes()),
     ]
     lines += [cls.usage for cls in module_classes() if cls.usage]
@@ -45,6 +47,20 @@ def parse_mem(value: str) -> int:
     if size == 0:
         raise UsageError("Malformed argument to --mem", show_usage=False)
     return size
+
+
+def _test_hook_open_after_sandbox(vm) -> None:
+    """Test-only: with UKVM_TEST_OPEN_AFTER_SANDBOX=PATH set, the first PUTS opens PATH, which the
+    sandbox must answer by killing the tender (tests/integration/test_sandbox.py)."""
+    path = os.environ.get("UKVM_TEST_OPEN_AFTER_SANDBOX")
+    if not path:
+        return
+    puts = vm.hypercalls.handlers[hvt.HVT_HYPERCALL_PUTS]
+
+    def opening_puts(gpa):
+        os.close(os.open(path, os.O_RDONLY))
+        puts(gpa)
+    vm.hypercalls.handlers[hvt.HVT_HYPERCALL_PUTS] = opening_puts
 
 
 def _signal_exit(signum, _frame):
@@ -83,11 +99,14 @@ def run_main(argv: list[str], prog: str) -> int:
                 m.warn = lambda msg: print(f"{prog}: {msg}", file=err, flush=True)
             # Pass 2: core and module options, resolved against the manifest.
             mem = hvt.MEM_DEFAULT
+            sandboxed = True
             for arg in argv[:kernel_at]:
                 if arg == "--":
                     break
                 if arg.startswith("--mem="):
                     mem = parse_mem(arg[len("--mem="):])
+                elif arg == "--x-no-sandbox":
+                    sandboxed = False
                 elif not any(m.handle_arg(arg) for m in modules):
                     raise UsageError(f"Invalid option: `{arg}'")
             signal.signal(signal.SIGINT, _signal_exit)
@@ -95,6 +114,12 @@ def run_main(argv: list[str], prog: str) -> int:
             vm = VM(kernel, argv[kernel_at + 1:], mem, modules,
                     warn=lambda msg: print(f"{prog}: {msg}", file=err, flush=True))
             try:
+                if sandboxed:
+                    _test_hook_open_after_sandbox(vm)
+                    sandbox_vm(vm)
+                else:
+                    print(f"{prog}: WARNING: --x-no-sandbox: the tender is NOT confined by seccomp; "
+                          "a compromised tender can do anything this process can.", file=err, flush=True)
                 return vm.run()
             finally:
                 vm.close()

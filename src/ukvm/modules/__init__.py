@@ -41,6 +41,11 @@ class Module:
     def on_halt(self, vm: VM) -> None:
         """Called when the guest halts, before the tender exits."""
 
+    def host_fds(self) -> list[tuple[int, str]]:
+        """The descriptors the module uses while the guest runs: (fd, "read"|"write"|"rw"|"block");
+        the sandbox lets reads and writes reach these and nothing else."""
+        return []
+
     def close(self) -> None:
         """Release host resources (fds, threads)."""
 

@@ -151,6 +151,9 @@ class BlockModule(Module):
         self.mem.pack(hvt.U32, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_OK)
 
     # --- teardown ------------------------------------------------------------------------------
+    def host_fds(self) -> list[tuple[int, str]]:
+        return [(dev.fd, "block") for dev in self.devices.values()]
+
     def close(self) -> None:
         """Flush every device to stable storage, then close; the first failure is reported."""
         error = None

@@ -60,6 +60,9 @@ class CoreModule(Module):
                 nready += 1
         mem.pack(hvt.HVT_POLL_OUT, gpa + 8, ready_set, nready)
 
+    def host_fds(self) -> list[tuple[int, str]]:
+        return [(self.stdout_fd, "write")]
+
     def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()

@@ -184,6 +184,12 @@ class NetModule(Module):
         if self.ring is not None:
             self.ring.stop()
 
+    def host_fds(self) -> list[tuple[int, str]]:
+        fds = [(dev.fd, "rw") for dev in self.devices.values()]
+        if self.ring is not None:
+            fds.append((self.ring.efd, "rw"))
+        return fds
+
     def _close_device(self, dev: NetDevice) -> None:
         if dev.owns_fd:
             os.close(dev.fd)

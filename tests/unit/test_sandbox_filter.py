@@ -1,0 +1,65 @@
+"""The seccomp program, run through a small classic-BPF interpreter (no kernel involved)."""
+import struct
+
+import pytest
+
+from ukvm.kvm import abi
+from ukvm.sandbox import (AUDIT_ARCH_X86_64, NR, SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS, UNFILTERED,
+                          build_filter)
+
+VCPU, TAP, EFD, BLOCK = 7, 9, 11, 13
+
+
+def run_bpf(program: bytes, nr: int, args=(0,) * 6, arch=AUDIT_ARCH_X86_64) -> int:
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *args)
+    ops = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    pc, acc = 0, 0
+    for _ in range(10_000):
+        code, jt, jf, k = ops[pc]
+        if code == 0x20:
+            acc = struct.unpack_from("<I", data, k)[0]
+            pc += 1
+        elif code in (0x15, 0x45):
+            hit = acc == k if code == 0x15 else bool(acc & k)
+            pc += 1 + (jt if hit else jf)
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+    raise AssertionError("program did not end")
+
+
+@pytest.fixture(scope="module")
+def prog():
+    return build_filter(VCPU, {TAP, EFD}, {1, 2, TAP, EFD}, {BLOCK})
+
+
+@pytest.mark.parametrize("name,args", [
+    ("ioctl", (VCPU, abi.KVM_RUN)), ("ioctl", (VCPU, abi.KVM_GET_REGS)),
+    ("write", (1,)), ("write", (2,)), ("write", (TAP,)), ("readv", (TAP,)), ("read", (EFD,)),
+    ("preadv2", (BLOCK,)), ("pwritev2", (BLOCK,)), ("fsync", (BLOCK,)),
+    ("mmap", (0, 4096, 3)), *[(n, ()) for n in UNFILTERED],
+])
+def test_allowed(prog, name, args):
+    assert run_bpf(prog, NR[name], tuple(args) + (0,) * (6 - len(args))) == SECCOMP_RET_ALLOW
+
+
+@pytest.mark.parametrize("nr,args", [
+    (2, ()), (257, ()), (59, ()), (322, ()), (41, ()), (56, ()), (57, ()), (435, ()), (10, ()),  # open.. mprotect
+    (NR["ioctl"], (VCPU, abi.KVM_SET_REGS)), (NR["ioctl"], (VCPU + 1, abi.KVM_RUN)),
+    (NR["ioctl"], (VCPU, abi.KVM_SET_USER_MEMORY_REGION)),
+    (NR["write"], (BLOCK,)), (NR["write"], (0,)), (NR["read"], (0,)), (NR["readv"], (BLOCK,)),
+    (NR["pwritev2"], (TAP,)), (NR["preadv2"], (1,)),
+    (NR["mmap"], (0, 4096, 7)),     # executable memory
+    (1000, ()),
+])
+def test_killed(prog, nr, args):
+    assert run_bpf(prog, nr, tuple(args) + (0,) * (6 - len(args))) == SECCOMP_RET_KILL_PROCESS
+
+
+def test_foreign_architecture_is_killed(prog):
+    assert run_bpf(prog, NR["write"], (1, 0, 0, 0, 0, 0), arch=0x40000003) == SECCOMP_RET_KILL_PROCESS
+
+
+def test_fewer_unfiltered_calls_than_upstream():
+    assert len(UNFILTERED) < 18
