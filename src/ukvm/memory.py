@@ -89,12 +89,15 @@ class GuestMemory:
 
     # --- tender-initiated set-up (checked against the whole allocation only) -------------------
     def host_write(self, gpa: int, data) -> None:
-        if gpa < 0 or gpa + len(data) > self.size:
+        if gpa < 0 or gpa + len(data) > self.size or self._overlaps_protected(gpa, len(data)):
             raise GuestMemoryError(gpa, len(data))
         self._mm[gpa:gpa + len(data)] = data
 
+    def _overlaps_protected(self, gpa: int, size: int) -> bool:
+        return any(gpa < end and gpa + size > start for start, end in self._readonly + self._noaccess)
+
     def host_read(self, gpa: int, size: int) -> bytes:
-        if gpa < 0 or gpa + size > self.size:
+        if gpa < 0 or gpa + size > self.size or any(gpa < e and gpa + size > s for s, e in self._noaccess):
             raise GuestMemoryError(gpa, size)
         return self._mm[gpa:gpa + size]
 

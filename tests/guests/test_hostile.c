@@ -51,6 +51,10 @@ int solo5_app_main(const struct solo5_start_info *si)
     } else if (!t_strcmp(a, "cookie")) {
         struct hvt_hc_halt h = { .cookie = 0xfffffffffffff000ULL, .exit_status = 0 };
         hvt_hypercall(HVT_HYPERCALL_HALT, &h);
+    } else if (!t_strcmp(a, "bootinfo")) {
+        *(volatile uint64_t *)(uintptr_t)0x10000 = 0;     /* read-only in the guest page tables */
+    } else if (!t_strcmp(a, "pagetable")) {
+        *(volatile uint64_t *)(uintptr_t)0x2000 = 0;      /* not mapped at all */
     } else if (!t_strcmp(a, "triple")) {
         struct { uint16_t limit; uint64_t base; } __attribute__((packed)) none = { 0, 0 };
         __asm__ __volatile__("lidt %0\n\tint3" : : "m"(none));

@@ -36,6 +36,13 @@ def test_attack_is_fatal_with_message(guest, attack, message):
     assert "Traceback" not in p.output and "FAILURE" not in p.output
 
 
+@pytest.mark.parametrize("attack,cr2", [("bootinfo", "0x10000"), ("pagetable", "0x2000")])
+def test_writes_to_boot_info_and_page_tables_fault_in_the_guest(guest, attack, cr2):
+    p = run_hvt("--mem=8", guest("test_hostile"), attack)
+    assert p.returncode == 255, p.output
+    assert f"Solo5: trap: cr2={cr2}\n" in p.output and "ABORT" in p.output
+
+
 def test_triple_fault(guest):
     p = run_hvt("--mem=8", guest("test_hostile"), "triple")
     assert p.returncode == 1, p.output
