@@ -1,7 +1,9 @@
 """Shared fixtures: guest builds (with `ukvm build`) and tender runs (with `ukvm run`)."""
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,19 @@ def run_hvt(*args, **kw) -> subprocess.CompletedProcess:
 # the default way run at CPL3, where SSE is native.
 CPL0_CFLAGS = "-mgeneral-regs-only"
 USES_SSE = {"test_fpu"}
+
+
+def read_until(proc, marker: bytes, timeout: float = 30, count: int = 1) -> bytes:
+    """Read proc.stdout until `marker` was seen `count` times, EOF, or `timeout` seconds."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while buf.count(marker) < count and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1)[0]:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
 
 
 class GuestBuilder:

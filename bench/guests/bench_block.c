@@ -5,20 +5,10 @@
 
 static uint8_t buf[8 << 20] __attribute__((aligned(4096)));
 
-static uint64_t parse(const char **s)
-{
-    uint64_t v = 0;
-    while (**s == ' ')
-        (*s)++;
-    while (**s >= '0' && **s <= '9')
-        v = v * 10 + (uint64_t)(*(*s)++ - '0');
-    return v;
-}
-
 int solo5_app_main(const struct solo5_start_info *si)
 {
     const char *p = si->cmdline;
-    uint64_t bs = parse(&p), total = parse(&p) << 20;
+    uint64_t bs = next_u64(&p), total = next_u64(&p) << 20;
     solo5_handle_t h;
     struct solo5_block_info bi;
     if (solo5_block_acquire("storage", &h, &bi) != SOLO5_R_OK || bs > sizeof buf || bi.capacity % bs)

@@ -4,9 +4,8 @@
 
 int solo5_app_main(const struct solo5_start_info *si)
 {
-    uint64_t mb = 0;
-    for (const char *p = si->cmdline; *p >= '0' && *p <= '9'; p++)
-        mb = mb * 10 + (uint64_t)(*p - '0');
+    const char *p = si->cmdline;
+    uint64_t mb = next_u64(&p);
     uint64_t words = (mb << 20) / 8;
     if ((mb << 20) + (1 << 20) > si->heap_size)
         return 2;

@@ -2,17 +2,10 @@
 #include "solo5.h"
 #include "../../tests/guests/testlib.h"
 
-static uint64_t parse(const char *s)
-{
-    uint64_t v = 0;
-    while (*s >= '0' && *s <= '9')
-        v = v * 10 + (uint64_t)(*s++ - '0');
-    return v;
-}
-
 int solo5_app_main(const struct solo5_start_info *si)
 {
-    uint64_t n = parse(si->cmdline);
+    const char *p = si->cmdline;
+    uint64_t n = next_u64(&p);
     solo5_time_t t0 = solo5_clock_monotonic();
     for (uint64_t i = 0; i < n; i++)
         (void)solo5_clock_wall();

@@ -4,20 +4,10 @@
 
 static uint8_t frame[1514];
 
-static uint64_t parse(const char **s)
-{
-    uint64_t v = 0;
-    while (**s == ' ')
-        (*s)++;
-    while (**s >= '0' && **s <= '9')
-        v = v * 10 + (uint64_t)(*(*s)++ - '0');
-    return v;
-}
-
 int solo5_app_main(const struct solo5_start_info *si)
 {
     const char *p = si->cmdline;
-    uint64_t n = parse(&p), size = parse(&p);
+    uint64_t n = next_u64(&p), size = next_u64(&p);
     solo5_handle_t h;
     struct solo5_net_info ni;
     if (solo5_net_acquire("service0", &h, &ni) != SOLO5_R_OK || size > sizeof frame || size < 14)

@@ -35,6 +35,17 @@ static inline void put_u64(uint64_t v)
     puts(&buf[i]);
 }
 
+/* The next decimal number in *s (skipping spaces); *s moves past it. */
+static inline uint64_t next_u64(const char **s)
+{
+    uint64_t v = 0;
+    while (**s == ' ')
+        (*s)++;
+    while (**s >= '0' && **s <= '9')
+        v = v * 10 + (uint64_t)(*(*s)++ - '0');
+    return v;
+}
+
 static inline void header(const char *name)
 {
     puts("\n**** Solo5 standalone test_");

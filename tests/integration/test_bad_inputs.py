@@ -8,7 +8,7 @@ import pytest
 from conftest import run_hvt, ukvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from elfgen import abi_note, make_elf, manifest_payload, mft_note, note  # noqa: E402
+from elfgen import abi_note, make_elf, mft_note, note  # noqa: E402
 
 TEXT = b"\xf4" * 16
 

@@ -1,16 +1,13 @@
 """Block devices (issue 3): tests.md's blk cases, several devices, persistence and durability."""
 import json
-import os
-import select
 import signal
 import struct
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import needs_kvm, run_hvt
+from conftest import needs_kvm, read_until, run_hvt
 
 pytestmark = needs_kvm
 
@@ -141,26 +138,13 @@ def _start_writer(guest, img):
                              str(guest("test_blkloop", STORAGE))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _read_acks(proc, want, timeout=60):
-    """Read `ack N` lines until `want` acks arrived; returns the last acknowledged block."""
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while buf.count(b"ack ") < want and time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 1)[0]:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_acknowledged_writes_survive_the_tender_ending(guest, tmp_path, sig):
     blocks = 1 << 16
     img = image(tmp_path, blocks * 512)   # far more blocks than get written before the signal
     proc = _start_writer(guest, img)
     try:
-        buf = _read_acks(proc, 300)
+        buf = read_until(proc, b"ack ", timeout=60, count=300)
         proc.send_signal(sig)
         rest, err = proc.communicate(timeout=30)
     finally:

@@ -1,5 +1,4 @@
 """`ukvm run` / `ukvm-hvt` as a drop-in for solo5-hvt: options, messages, exit statuses."""
-import os
 import shutil
 import subprocess
 import sys

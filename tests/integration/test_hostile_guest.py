@@ -1,15 +1,13 @@
 """A guest that attacks the tender: each attack ends with the documented message and status,
 never with a Python traceback, a crash or a hang."""
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import needs_kvm, run_hvt
+from conftest import needs_kvm, read_until, run_hvt
 
 pytestmark = needs_kvm
 ON_PVM = os.path.exists("/sys/module/kvm_pvm")
@@ -65,11 +63,7 @@ def test_signals_end_the_guest(guest, attack, signum):
     proc = subprocess.Popen([sys.executable, "-m", "ukvm", "run", "--mem=8", str(guest("test_hostile")), attack],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        seen = b""
-        while b"ing\n" not in seen and time.monotonic() < deadline:
-            if select.select([proc.stdout], [], [], 1)[0]:
-                seen += os.read(proc.stdout.fileno(), 4096)
+        seen = read_until(proc, b"ing\n")
         assert b"ing\n" in seen, seen
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)

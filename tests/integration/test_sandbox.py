@@ -1,12 +1,10 @@
 """The tender runs under its seccomp filter; a forbidden call kills it."""
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import needs_kvm, run_hvt
+from conftest import needs_kvm, read_until, run_hvt
 
 pytestmark = needs_kvm
 
@@ -31,10 +29,7 @@ def test_filter_is_installed_while_the_guest_runs(guest):
     proc = subprocess.Popen([sys.executable, "-m", "ukvm", "run", "--mem=8", str(guest("test_hostile")), "sleep"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen, deadline = b"", time.monotonic() + 30
-        while b"sleeping" not in seen and time.monotonic() < deadline:
-            if select.select([proc.stdout], [], [], 1)[0]:
-                seen += os.read(proc.stdout.fileno(), 4096)
+        read_until(proc, b"sleeping")
         with open(f"/proc/{proc.pid}/status") as f:
             status = dict(line.split(":", 1) for line in f if ":" in line)
         proc.send_signal(signal.SIGTERM)

@@ -2,7 +2,6 @@
 
 Errors become KvmError with the upstream wording `KVM: ioctl (NAME) failed: <errno text>`.
 """
-import ctypes
 import errno
 import fcntl
 import mmap

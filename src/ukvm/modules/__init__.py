@@ -3,6 +3,9 @@
 A module may accept command-line options (handle_arg), registers its hypercalls and poll fds in
 setup(), runs hooks on halt, and releases what it opened in close(). The VM knows modules only
 through this interface, so devices plug in without touching the core.
+
+Annotations name `VM` (ukvm.vm.VM) without importing it: ukvm.vm imports the modules, and the
+tender imports only what a run needs (docs/performance.md).
 """
 from __future__ import annotations
 

@@ -117,36 +117,28 @@ class BlockModule(Module):
         return dev, offset, data, length
 
     def hvt_hc_block_write(self, gpa: int) -> None:
-        req = self._decode(gpa)
-        if req is None:
-            return
-        dev, offset, data, length = req
-        with self.mem.view(data, length) as buf:
-            done = 0
-            while done < length:
-                try:
-                    n = os.pwritev(dev.fd, [buf[done:]], offset + done)
-                except OSError as e:
-                    raise HostIOError(f"Fatal error when writing: {os.strerror(e.errno)}", with_prog=False) from None
-                if n == 0:
-                    raise HostIOError(f"Fatal error: wrote only {done} out of {length} bytes", with_prog=False)
-                done += n
-        self.mem.pack(hvt.U32, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_OK)
+        self._transfer(gpa, write=True)
 
     def hvt_hc_block_read(self, gpa: int) -> None:
+        self._transfer(gpa, write=False)
+
+    def _transfer(self, gpa: int, write: bool) -> None:
+        """One request, straight between the file and guest memory, until all of it is done."""
         req = self._decode(gpa)
         if req is None:
             return
         dev, offset, data, length = req
-        with self.mem.writable_view(data, length) as buf:
+        io, verb, past = (os.pwritev, "writing", "wrote") if write else (os.preadv, "reading", "read")
+        window = self.mem.view(data, length) if write else self.mem.writable_view(data, length)
+        with window as buf:
             done = 0
             while done < length:
                 try:
-                    n = os.preadv(dev.fd, [buf[done:]], offset + done)
+                    n = io(dev.fd, [buf[done:]], offset + done)
                 except OSError as e:
-                    raise HostIOError(f"Fatal error when reading: {os.strerror(e.errno)}", with_prog=False) from None
+                    raise HostIOError(f"Fatal error when {verb}: {os.strerror(e.errno)}", with_prog=False) from None
                 if n == 0:
-                    raise HostIOError(f"Fatal error: read only {done} out of {length} bytes", with_prog=False)
+                    raise HostIOError(f"Fatal error: {past} only {done} out of {length} bytes", with_prog=False)
                 done += n
         self.mem.pack(hvt.U32, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_OK)
 

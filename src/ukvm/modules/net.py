@@ -142,14 +142,22 @@ class NetModule(Module):
             self.ring = start_ring(vm, self.by_handle)
 
     # --- hypercalls ----------------------------------------------------------------------------
-    def hvt_hc_net_write(self, gpa: int) -> None:
-        mem = self.mem
-        handle, data, length, _ret = mem.unpack(hvt.hvt_hc_net_io, gpa)
-        mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
+    def _decode(self, gpa: int) -> tuple[NetDevice, int, int] | None:
+        """(device, data, len) of a NET_READ/NET_WRITE, or None after storing EINVAL."""
+        handle, data, length, _ret = self.mem.unpack(hvt.hvt_hc_net_io, gpa)
+        self.mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
         dev = self.by_handle.get(handle & 0xFFFFFFFF)
         if dev is None:
-            mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_EINVAL)
+            self.mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_EINVAL)
+            return None
+        return dev, data, length
+
+    def hvt_hc_net_write(self, gpa: int) -> None:
+        mem = self.mem
+        req = self._decode(gpa)
+        if req is None:
             return
+        dev, data, length = req
         with mem.view(data, length) as frame:
             try:
                 n = os.write(dev.fd, frame)
@@ -161,12 +169,10 @@ class NetModule(Module):
 
     def hvt_hc_net_read(self, gpa: int) -> None:
         mem = self.mem
-        handle, data, length, _ret = mem.unpack(hvt.hvt_hc_net_io, gpa)
-        mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
-        dev = self.by_handle.get(handle & 0xFFFFFFFF)
-        if dev is None:
-            mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_EINVAL)
+        req = self._decode(gpa)
+        if req is None:
             return
+        dev, data, length = req
         with mem.writable_view(data, length) as buf:
             try:
                 n = os.readv(dev.fd, [buf])
