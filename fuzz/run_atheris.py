@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """run_atheris.py TARGET [libFuzzer options]: coverage-guided fuzzing of one target of
-fuzz/targets.py with atheris (pip install atheris). Example, the documented long run:
+fuzz/targets.py with atheris (pip install atheris). The documented long run, per target:
 
-    python3 fuzz/run_atheris.py elf -max_total_time=600 fuzz/corpus/elf
+    python3 fuzz/seeds.py /tmp/corpus
+    python3 fuzz/run_atheris.py elf -max_total_time=100 /tmp/corpus/elf
 
 Any exception other than UkvmError is a crash: atheris prints it and saves the input."""
 import sys

@@ -15,7 +15,6 @@ from ukvm.sandbox import sandbox_vm
 from ukvm.vm import VM, Kernel
 
 
-
 def _prog() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ukvm"
     return "ukvm" if name in ("__main__.py", "-c", "cli.py") else name

@@ -91,14 +91,14 @@ class VM:
         self._run_thread: int | None = None
         self.kvm = self.vmfd = self.vcpu = self.mem = None
         try:
-            self._create(args, mem, warn)
+            self._create(args, mem)
         except BaseException:
             self.close()
             raise
 
-    def _create(self, args: Sequence[str], mem_request: int, warn) -> None:
+    def _create(self, args: Sequence[str], mem_request: int) -> None:
         with_net = any(getattr(m, "needs_ring_area", False) for m in self.modules)
-        size = guest_memory_size(mem_request, with_net, warn)
+        size = guest_memory_size(mem_request, with_net, self.warn)
         self.kvm = Kvm()
         if self.kvm.check_extension(abi.KVM_CAP_USER_MEMORY) != 1:
             raise KvmError("KVM: host does not support KVM_CAP_USER_MEMORY")
@@ -191,7 +191,6 @@ class VM:
         cookie, status = self.mem.unpack(hvt.hvt_hc_halt, gpa)
         if cookie:
             self.mem.check(cookie, hvt.HVT_HALT_COOKIE_MAX)
-        self.halt_cookie = cookie
         for module in self.modules:
             module.on_halt(self)
         return status & 0xFF
