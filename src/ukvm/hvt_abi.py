@@ -34,6 +34,7 @@ hvt_hc_block_io = struct.Struct("<QQQQi4x")      # IN handle, offset, data, len;
 HVT_BLOCK_RET_OFFSET = 32
 hvt_hc_net_io = struct.Struct("<QQQi4x")         # IN handle, data, len(IN/OUT); OUT ret
 HVT_NET_LEN_RET = struct.Struct("<Qi")           # len, ret at offset 16
+HVT_NET_RET_OFFSET = 24
 hvt_hc_halt = struct.Struct("<Qi4x")             # IN cookie, IN exit_status
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")

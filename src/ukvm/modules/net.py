@@ -148,7 +148,7 @@ class NetModule(Module):
         self.mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
         dev = self.by_handle.get(handle & 0xFFFFFFFF)
         if dev is None:
-            self.mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_EINVAL)
+            self.mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_EINVAL)
             return None
         return dev, data, length
 
@@ -165,7 +165,7 @@ class NetModule(Module):
                 raise HostIOError(f"Fatal error when writing: {os.strerror(e.errno)}", with_prog=False) from None
         if n != length:
             raise HostIOError(f"Fatal error: wrote only {n} out of {length} bytes", with_prog=False)
-        mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_OK)
+        mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_OK)
 
     def hvt_hc_net_read(self, gpa: int) -> None:
         mem = self.mem
@@ -181,7 +181,7 @@ class NetModule(Module):
             except OSError as e:
                 raise HostIOError(f"Fatal error when reading: {os.strerror(e.errno)}", with_prog=False) from None
         if n == 0:
-            mem.pack(hvt.U32, gpa + 24, hvt.SOLO5_R_AGAIN)
+            mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_AGAIN)
         else:
             mem.pack(hvt.HVT_NET_LEN_RET, gpa + 16, n, hvt.SOLO5_R_OK)
 
