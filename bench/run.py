@@ -119,6 +119,16 @@ def in_process(kernel_path, args, mem=8 << 20, modules=None):
         kernel.close()
 
 
+def with_storage(img):
+    """Modules for in_process() with `img` attached as block device `storage`."""
+    def modules(kernel):
+        from ukvm.modules import default_modules
+        mods = default_modules(kernel.manifest())
+        mods[1].attach("storage", str(img))
+        return mods
+    return modules
+
+
 def guest_values(text: str) -> dict[str, float]:
     vals = {}
     for line in text.splitlines():
@@ -176,14 +186,10 @@ def bench_block(work, floor, quick):
     with open(img, "wb") as f:
         f.truncate(256 << 20)
     sh(floor, "pwrite", img, 8 << 20, 256)    # allocate the file's pages before anything is timed
-    from ukvm.modules import default_modules
     cases = [(512, 8 if quick else 32), (8 << 20, 1024 if quick else 4096)]
     for bs, mb in cases:
-        def modules(kernel):
-            mods = default_modules(kernel.manifest())
-            mods[1].attach("storage", str(img))
-            return mods
-        _, _, _, out = in_process(guest, ["--solo5:quiet", str(bs), str(mb)], mem=64 << 20, modules=modules)
+        _, _, _, out = in_process(guest, ["--solo5:quiet", str(bs), str(mb)], mem=64 << 20,
+                                  modules=with_storage(img))
         vals = guest_values(out)
         w = mb / (vals["write_ns"] / 1e9)
         r = mb / (vals["read_ns"] / 1e9)
@@ -274,16 +280,10 @@ def bench_cpl3(work, floor, quick):
         img = work / "cpl.img"
         with open(img, "wb") as f:
             f.truncate(64 << 20)
-        from ukvm.modules import default_modules
-
-        def modules(kernel):
-            mods = default_modules(kernel.manifest())
-            mods[1].attach("storage", str(img))
-            return mods
         blk_mb = 4 if cpl0 else 32
         blk = build(work, "bench_block", json.dumps({"type": "solo5.manifest", "version": 1, "devices": [
             {"name": "storage", "type": "BLOCK_BASIC"}]}), cpl0=cpl0)
-        _, _, _, out = in_process(blk, ["--solo5:quiet", "512", str(blk_mb)], mem=64 << 20, modules=modules)
+        _, _, _, out = in_process(blk, ["--solo5:quiet", "512", str(blk_mb)], mem=64 << 20, modules=with_storage(img))
         res["block"] = blk_mb / (guest_values(out)["write_ns"] / 1e9)
         net = build(work, "test_net", ONE, cpl0=cpl0)
         tx = build(work, "bench_net_tx", ONE, cpl0=cpl0)
