@@ -94,9 +94,33 @@ def flood(ns, addr, count=FLOOD, pattern=None):
     return ns.popen(*args, addr)
 
 
-def wait_until_serving(ns):
-    """Bounded: the guest answers one ping within 30 s (ARP resolved, echo served)."""
-    p = ns.run("ping", "-c", "1", "-i", "0.2", "-w", "30", "10.0.0.2", timeout=60)
+UDP_READY = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.2)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        s.sendto(b"ready?", (sys.argv[1], 7))
+        if s.recvfrom(64)[0] == b"ready?":
+            sys.exit(0)
+    except OSError:
+        pass
+sys.exit("guest not serving after 30 s")
+"""
+
+
+def wait_until_serving(ns, addr="10.0.0.2"):
+    """Bounded: the guest echoes a UDP datagram within 30 s (ARP resolved, guest serving). Floods
+    start only after this, so that no request is lost before the guest has attached its TAP; UDP
+    echoes do not count toward the guest's echo-request limit."""
+    p = ns.run(sys.executable, "-c", UDP_READY, addr, timeout=60)
+    assert p.returncode == 0, p.stdout.decode()
+
+
+def one_echo(ns, addr="10.0.0.2"):
+    """One ICMP echo, once the guest is serving (its limit=1 then ends it)."""
+    p = ns.run("ping", "-c", "1", "-w", "10", addr, timeout=30)
     assert p.returncode == 0, p.stdout.decode()
 
 
@@ -111,6 +135,7 @@ def ping_received(output: str) -> int:
 def test_ping_flood(guest, ns, ring):
     ns.tap("tap0", "10.0.0.1/24")
     t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE), f"limit={FLOOD}")
+    wait_until_serving(ns)
     p = flood(ns, "10.0.0.2")
     _, ping_out = finish(p)
     status, out = finish(t)
@@ -122,7 +147,9 @@ def test_ping_flood(guest, ns, ring):
 @pytest.mark.parametrize("ring", ["off", "on"])
 def test_net_ring_payload_integrity(guest, ns, ring):
     ns.tap("tap0", "10.0.0.1/24")
-    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE), f"limit={FLOOD} verify")
+    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE),
+               f"limit={FLOOD} verify")
+    wait_until_serving(ns)
     _, ping_out = finish(flood(ns, "10.0.0.2", pattern="deadbeef"))
     status, out = finish(t)
     assert ping_received(ping_out) == FLOOD, ping_out
@@ -135,6 +162,8 @@ def test_net_2if(guest, ns):
     ns.tap("tap0", "10.0.0.1/24")
     ns.tap("tap1", "10.1.0.1/24")
     t = tender(ns, "--net:service0=tap0", "--net:service1=tap1", guest("test_net", TWO), f"limit={FLOOD}")
+    wait_until_serving(ns, "10.0.0.2")
+    wait_until_serving(ns, "10.1.0.2")
     pings = [flood(ns, "10.0.0.2", FLOOD // 2), flood(ns, "10.1.0.2", FLOOD // 2)]
     outs = [finish(p)[1] for p in pings]
     status, out = finish(t)
@@ -153,6 +182,7 @@ def test_net_mtu(guest, ns):
 def test_jumbo_frames_pass_unchanged(guest, ns):
     ns.tap("tap0", "10.0.0.1/24", mtu=9000)
     t = tender(ns, "--net:service0=tap0", guest("test_net", ONE), "limit=200")
+    wait_until_serving(ns)
     p = ns.popen("timeout", "60", "ping", "-q", "-i", "0.002", "-w", "50", "-c", "200", "-s", "8900", "-M", "do",
                  "10.0.0.2")
     _, ping_out = finish(p)
@@ -201,10 +231,10 @@ def test_udp_echo(guest, ns, ring, cpl0):
 
 def test_mac_option(guest, ns):
     ns.tap("tap0", "10.0.0.1/24")
-    t = tender(ns, "--net-mac:service0=2:0:0:aa:BB:c", "--net:service0=tap0", guest("test_net", ONE), "limit=2")
+    t = tender(ns, "--net-mac:service0=2:0:0:aa:BB:c", "--net:service0=tap0", guest("test_net", ONE), "limit=1")
     wait_until_serving(ns)
     neigh = ns.run("ip", "neigh", "show", "10.0.0.2").stdout.decode()   # the host learnt it by ARP
-    wait_until_serving(ns)
+    one_echo(ns)
     status, out = finish(t)
     assert status == 0, out
     assert "with MAC: 020000aabb0c\n" in out
@@ -215,6 +245,7 @@ def test_generated_mac_is_local_unicast(guest, ns):
     ns.tap("tap0", "10.0.0.1/24")
     t = tender(ns, "--net:service0=tap0", guest("test_net", ONE), "limit=1")
     wait_until_serving(ns)
+    one_echo(ns)
     _, out = finish(t)
     mac = out.split("with MAC: ")[1][:12]
     first = int(mac[:2], 16)
@@ -265,6 +296,7 @@ os.execv(sys.executable, [sys.executable, "-m", "ukvm", "run", "--mem=32", f"--n
 def test_open_fd_from_an_orchestrator(guest, ns):
     ns.tap("tap0", "10.0.0.1/24", mtu=4000)
     t = ns.popen(sys.executable, "-c", PASS_FD, guest("test_net", ONE), "limit=1000")
+    wait_until_serving(ns)
     _, ping_out = finish(flood(ns, "10.0.0.2", 1000))
     status, out = finish(t)
     assert ping_received(ping_out) == 1000, ping_out
@@ -301,6 +333,7 @@ def test_cpl3_guest_ping_flood_and_integrity(guest, ns, ring):
     ns.tap("tap0", "10.0.0.1/24")
     t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE, cpl0=False),
                f"limit={FLOOD} verify")
+    wait_until_serving(ns)
     _, ping_out = finish(flood(ns, "10.0.0.2", pattern="deadbeef"))
     status, out = finish(t)
     assert ping_received(ping_out) == FLOOD, ping_out
