@@ -37,24 +37,30 @@ class BuildError(UkvmError):
     pass
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
+    """Run a toolchain command; its stdout, or BuildError with the command's own error output."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
         raise BuildError(f"{cmd[0]}: command not found (install gcc and binutils)") from None
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
+    return proc.stdout
 
 
 def compiler() -> str:
     return os.environ.get("CC", "gcc")
 
 
+_gcc_include: dict[str, str] = {}
+
+
 def base_cflags() -> list[str]:
     """Freestanding flags shared by the runtime and applications."""
-    gcc_include = subprocess.run([compiler(), "-print-file-name=include"], capture_output=True,
-                                 text=True).stdout.strip()
-    return ["-nostdinc", "-isystem", gcc_include, "-I", str(INCLUDE_DIR), "-ffreestanding",
+    cc = compiler()
+    if cc not in _gcc_include:       # the compiler's own freestanding headers, asked once
+        _gcc_include[cc] = _run([cc, "-print-file-name=include"]).strip()
+    return ["-nostdinc", "-isystem", _gcc_include[cc], "-I", str(INCLUDE_DIR), "-ffreestanding",
             "-fno-pie", "-mstack-protector-guard=global", "-m64"]
 
 
@@ -71,7 +77,7 @@ def runtime_dir() -> Path:
         if path.is_file():
             h.update(str(path.relative_to(RUNTIME_DIR)).encode())
             h.update(path.read_bytes())
-    h.update(subprocess.run([compiler(), "--version"], capture_output=True).stdout)
+    h.update(_run([compiler(), "--version"]).encode())
     out = _cache_root() / f"runtime-{h.hexdigest()[:16]}"
     if (out / RUNTIME_OBJ).exists() and (out / LIBC_ARCHIVE).exists():
         return out
@@ -163,7 +169,10 @@ def build(sources: list[str], output: str, manifest: str | None = None,
               "--build-id=none", f"--defsym=ukvm_mode_flags={0 if cpl0 else 1}",
               "-T", str(LINKER_SCRIPT), "-o", str(out_tmp),
               str(rt / RUNTIME_OBJ), *objs, str(mft_obj), str(rt / LIBC_ARCHIVE)])
-        shutil.move(str(out_tmp), output)
+        try:
+            shutil.move(str(out_tmp), output)
+        except OSError as e:
+            raise BuildError(f"{output}: {e.strerror}") from None
 
 
 BUILD_USAGE = """usage: ukvm build SRC... -o APP.hvt [ --manifest manifest.json ] [ --cflags=FLAGS ] [ --cpl0 ]

@@ -75,4 +75,7 @@ def manifest_main(argv: list[str]) -> int:
     except UkvmError as e:
         print(f"ukvm manifest: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:       # writing OUTPUT (the input side reports its own errors)
+        print(f"ukvm manifest: {argv[-1]}: {e.strerror}", file=sys.stderr)
+        return 1
     return 0

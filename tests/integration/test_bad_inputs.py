@@ -1,4 +1,5 @@
 """Hostile or broken input files and command lines: one line on stderr, status 1, no traceback."""
+import os
 import struct
 import sys
 from pathlib import Path
@@ -69,3 +70,28 @@ def test_bad_command_lines_never_trace_back(args):
     p = run_hvt(*args)
     assert p.returncode == 1
     assert "Traceback" not in p.output
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["build", ROOT / "examples" / "hello", "-o", "/nonexistent/dir/x.hvt"], {},
+     "ukvm build: /nonexistent/dir/x.hvt: No such file or directory"),
+    (["manifest", "gen", ROOT / "examples" / "hello" / "missing.json", "-"], {},
+     "ukvm manifest: "),
+    (["build", ROOT / "examples" / "hello", "-o", "/tmp/never.hvt"], {"CC": "nosuchcc"},
+     "ukvm build: nosuchcc: command not found (install gcc and binutils)"),
+])
+def test_tool_errors_are_one_line(args, env, message):
+    p = ukvm(*args, env={**os.environ, **env})
+    out = p.stdout.decode()
+    assert p.returncode == 1 and out.startswith(message) and len(out.splitlines()) == 1, out
+
+
+def test_manifest_output_in_missing_directory(tmp_path):
+    src = tmp_path / "m.json"
+    src.write_text('{"type": "solo5.manifest", "version": 1, "devices": []}')
+    p = ukvm("manifest", "gen", src, tmp_path / "nope" / "out.c")
+    assert p.returncode == 1
+    assert p.stdout.decode() == f"ukvm manifest: {tmp_path / 'nope' / 'out.c'}: No such file or directory\n"
