@@ -209,19 +209,53 @@ def bench_block(work, floor, quick):
             f"median of {reps}")
 
 
-def bench_net(work, floor, quick):
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
-    from test_net import ONE, Netns, finish, ping_received   # the test suite's namespace helper
-    count = 5000 if quick else 20000
-    net_guest = build(work, "test_net", ONE)
-    tx_guest = build(work, "bench_net_tx", ONE)
-    udp_client = ROOT / "bench" / "udp_client.py"
+UDP_CLIENT = ROOT / "bench" / "udp_client.py"
 
-    def ping_stats(ns, addr):
-        out = ns.run("ping", "-fq", "-c", count, "-w", "120", addr, timeout=150).stdout.decode()
-        rtt = float(out.split("rtt min/avg/max/mdev = ")[1].split("/")[1])
-        ms = float(out.split("time ")[1].split("ms")[0])
-        return ping_received(out), rtt, count / (ms / 1e3)
+
+def _net_helpers():
+    """The test suite's namespace helpers (tests/integration/test_net.py)."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+    import test_net
+    return test_net
+
+
+def ping_stats(ns, addr, count):
+    """(replies, RTT ms, round trips/s) of a flood ping of `count` inside `ns`."""
+    out = ns.run("ping", "-fq", "-c", count, "-w", "120", addr, timeout=150).stdout.decode()
+    rtt = float(out.split("rtt min/avg/max/mdev = ")[1].split("/")[1])
+    ms = float(out.split("time ")[1].split("ms")[0])
+    return _net_helpers().ping_received(out), rtt, count / (ms / 1e3)
+
+
+def net_figures(net_guest, tx_guest, ring: str, count: int, udp_sizes=(64, 1400)) -> dict:
+    """One data path in a fresh namespace: ping RTT and flood rate, UDP echo pps per size against
+    the ping/echo guest, then frames/s sent by the transmit guest."""
+    t_net = _net_helpers()
+    ns = t_net.Netns()
+    try:
+        ns.tap("tap0", "10.0.0.1/24")
+        tender = [LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0"]
+        t = ns.popen(*tender, net_guest, "--solo5:quiet")
+        t_net.wait_until_serving(ns)
+        res = dict(zip(("replies", "rtt", "flood"), ping_stats(ns, "10.0.0.2", count)))
+        for size in udp_sizes:
+            out = ns.run(sys.executable, UDP_CLIENT, count, size, 32, timeout=150).stdout.decode()
+            res[f"udp{size}"] = guest_values(out)["pps"]
+        t.kill()
+        t_net.finish(t)
+        _, out = t_net.finish(ns.popen(*tender, tx_guest, "--solo5:quiet", count, 1514), timeout=150)
+        res["tx"] = count / (guest_values(out)["tx_ns"] / 1e9)
+        return res
+    finally:
+        ns.close()
+
+
+def bench_net(work, floor, quick):
+    t_net = _net_helpers()
+    Netns, finish = t_net.Netns, t_net.finish
+    count = 5000 if quick else 20000
+    net_guest = build(work, "test_net", t_net.ONE)
+    tx_guest = build(work, "bench_net_tx", t_net.ONE)
 
     # Floor: a Linux peer across a veth pair in two namespaces.
     a, b = Netns(), Netns()
@@ -232,11 +266,11 @@ def bench_net(work, floor, quick):
         a.exec_ok("ip", "link", "set", "ukvmbench0", "up")
         b.exec_ok("ip", "addr", "add", "10.0.0.2/24", "dev", "ukvmbench1")
         b.exec_ok("ip", "link", "set", "ukvmbench1", "up")
-        _, floor_rtt, floor_rate = ping_stats(a, "10.0.0.2")
+        _, floor_rtt, floor_rate = ping_stats(a, "10.0.0.2", count)
         floor_udp = {}
         for size in (64, 1400):
             echo = b.popen(floor, "udpecho", 7, count)
-            out = a.run(sys.executable, udp_client, count, size, 32, timeout=150).stdout.decode()
+            out = a.run(sys.executable, UDP_CLIENT, count, size, 32, timeout=150).stdout.decode()
             finish(echo, timeout=30)
             floor_udp[size] = guest_values(out)["pps"]
     finally:
@@ -244,36 +278,20 @@ def bench_net(work, floor, quick):
         b.close()
 
     for ring in ("off", "on"):
-        ns = Netns()
-        try:
-            ns.tap("tap0", "10.0.0.1/24")
-            t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", net_guest, "--solo5:quiet")
-            ns.run("ping", "-c", "1", "-w", "30", "10.0.0.2", timeout=60)
-            got, rtt, rate = ping_stats(ns, "10.0.0.2")
-            row("net", f"ping RTT, ring {ring}", rtt * 1e3, "us", floor_rtt * 1e3, "veth Linux peer")
-            row("net", f"ping flood round trips/s, ring {ring}", rate, "/s", floor_rate, "veth Linux peer",
-                f"{got}/{count} replies")
-            for size in (64, 1400):
-                out = ns.run(sys.executable, udp_client, count, size, 32, timeout=150).stdout.decode()
-                pps = guest_values(out)["pps"]
-                row("net", f"UDP echo {size} B, window 32, ring {ring}", pps, "pkt/s", floor_udp[size],
-                    "veth Linux peer (C echo)", f"{pps * size * 8 / 1e6:.1f} Mbit/s each way")
-            t.kill()
-            finish(t)
-            n_tx = count
-            t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", tx_guest, "--solo5:quiet",
-                         n_tx, 1514)
-            _, out = finish(t, timeout=150)
-            tx = n_tx / (guest_values(out)["tx_ns"] / 1e9)
-            row("net", f"guest transmit 1514 B frames/s, ring {ring}", tx, "/s")
-        finally:
-            ns.close()
+        res = net_figures(net_guest, tx_guest, ring, count)
+        row("net", f"ping RTT, ring {ring}", res["rtt"] * 1e3, "us", floor_rtt * 1e3, "veth Linux peer")
+        row("net", f"ping flood round trips/s, ring {ring}", res["flood"], "/s", floor_rate, "veth Linux peer",
+            f"{res['replies']}/{count} replies")
+        for size in (64, 1400):
+            pps = res[f"udp{size}"]
+            row("net", f"UDP echo {size} B, window 32, ring {ring}", pps, "pkt/s", floor_udp[size],
+                "veth Linux peer (C echo)", f"{pps * size * 8 / 1e6:.1f} Mbit/s each way")
+        row("net", f"guest transmit 1514 B frames/s, ring {ring}", res["tx"], "/s")
 
 
 def bench_cpl3(work, floor, quick):
     """The same guests built for CPL3 (default) and with --cpl0, side by side."""
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
-    from test_net import ONE, Netns, finish
+    ONE = _net_helpers().ONE
     n = 5000 if quick else 20000
     per_mode = {}
     for cpl0 in (True, False):
@@ -297,23 +315,9 @@ def bench_cpl3(work, floor, quick):
         net = build(work, "test_net", ONE, cpl0=cpl0)
         tx = build(work, "bench_net_tx", ONE, cpl0=cpl0)
         for ring in ("off", "on"):
-            ns = Netns()
-            try:
-                ns.tap("tap0", "10.0.0.1/24")
-                t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", net, "--solo5:quiet")
-                ns.run("ping", "-c", "1", "-w", "30", "10.0.0.2", timeout=60)
-                out = ns.run("ping", "-fq", "-c", n, "-w", "120", "10.0.0.2", timeout=150).stdout.decode()
-                res[f"flood_{ring}"] = n / (float(out.split("time ")[1].split("ms")[0]) / 1e3)
-                out = ns.run(sys.executable, ROOT / "bench" / "udp_client.py", n, 64, 32, timeout=150).stdout.decode()
-                res[f"udp_{ring}"] = guest_values(out)["pps"]
-                t.kill()
-                finish(t)
-                t = ns.popen(LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0", tx, "--solo5:quiet",
-                             n, 1514)
-                _, out = finish(t, timeout=150)
-                res[f"tx_{ring}"] = n / (guest_values(out)["tx_ns"] / 1e9)
-            finally:
-                ns.close()
+            figures = net_figures(net, tx, ring, n, udp_sizes=(64,))
+            res[f"flood_{ring}"], res[f"udp_{ring}"], res[f"tx_{ring}"] = (
+                figures["flood"], figures["udp64"], figures["tx"])
     c0, c3 = per_mode["cpl0"], per_mode["cpl3"]
     row("cpl3", "WALLTIME round trip seen by the guest", c3["walltime"], "ns", c0["walltime"], "same guest, --cpl0")
     row("cpl3", "compute: checksum, MB/s", c3["compute"], "MB/s", c0["compute"], "same guest, --cpl0",

@@ -144,10 +144,11 @@ def test_ping_flood(guest, ns, ring):
     assert "[service0] Serving ping on 10.0.0.2, with MAC: " in out and "SUCCESS" in out
 
 
+@pytest.mark.parametrize("cpl0", [True, False], ids=["cpl0", "cpl3"])
 @pytest.mark.parametrize("ring", ["off", "on"])
-def test_net_ring_payload_integrity(guest, ns, ring):
+def test_net_ring_payload_integrity(guest, ns, ring, cpl0):
     ns.tap("tap0", "10.0.0.1/24")
-    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE),
+    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE, cpl0=cpl0),
                f"limit={FLOOD} verify")
     wait_until_serving(ns)
     _, ping_out = finish(flood(ns, "10.0.0.2", pattern="deadbeef"))
@@ -326,16 +327,3 @@ def test_ring_auto_follows_host_and_guest(guest, ns, cpl0):
         assert status == 98 and "no ring offered" in out, out
     else:
         assert status == 1 and "Invalid guest ring state" in out, out
-
-
-@pytest.mark.parametrize("ring", ["off", "on"])
-def test_cpl3_guest_ping_flood_and_integrity(guest, ns, ring):
-    ns.tap("tap0", "10.0.0.1/24")
-    t = tender(ns, f"--net-ring={ring}", "--net:service0=tap0", guest("test_net", ONE, cpl0=False),
-               f"limit={FLOOD} verify")
-    wait_until_serving(ns)
-    _, ping_out = finish(flood(ns, "10.0.0.2", pattern="deadbeef"))
-    status, out = finish(t)
-    assert ping_received(ping_out) == FLOOD, ping_out
-    assert status == 0, out
-    assert f"Verified {FLOOD} packets, 0 corrupted" in out
