@@ -125,11 +125,6 @@ class VcpuFd:
         xcrs.xcrs[0].value = value
         _ioctl(self.fd, abi.KVM_SET_XCRS, xcrs, "SET_XCRS")
 
-    def get_fpu(self) -> abi.kvm_fpu:
-        fpu = abi.kvm_fpu()
-        _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "GET_FPU")
-        return fpu
-
     def tsc_khz(self) -> int:
         try:
             return fcntl.ioctl(self.fd, abi.KVM_GET_TSC_KHZ, 0)
