@@ -37,7 +37,7 @@ class BuildError(UkvmError):
     pass
 
 
-def _run(cmd: list[str]) -> str:
+def run_tool(cmd: list[str]) -> str:
     """Run a toolchain command; its stdout, or BuildError with the command's own error output."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -59,12 +59,12 @@ def base_cflags() -> list[str]:
     """Freestanding flags shared by the runtime and applications."""
     cc = compiler()
     if cc not in _gcc_include:       # the compiler's own freestanding headers, asked once
-        _gcc_include[cc] = _run([cc, "-print-file-name=include"]).strip()
+        _gcc_include[cc] = run_tool([cc, "-print-file-name=include"]).strip()
     return ["-nostdinc", "-isystem", _gcc_include[cc], "-I", str(INCLUDE_DIR), "-ffreestanding",
             "-fno-pie", "-mstack-protector-guard=global", "-m64"]
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     base = os.environ.get("UKVM_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ukvm")
     return Path(base)
@@ -74,11 +74,11 @@ def runtime_dir() -> Path:
     """Directory holding the built runtime object and libc archive; built if missing."""
     h = hashlib.sha256(__version__.encode())
     for path in sorted(RUNTIME_DIR.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.parent.name != "supervisor":   # supervisor.py caches its own
             h.update(str(path.relative_to(RUNTIME_DIR)).encode())
             h.update(path.read_bytes())
-    h.update(_run([compiler(), "--version"]).encode())
-    out = _cache_root() / f"runtime-{h.hexdigest()[:16]}"
+    h.update(run_tool([compiler(), "--version"]).encode())
+    out = cache_root() / f"runtime-{h.hexdigest()[:16]}"
     if (out / RUNTIME_OBJ).exists() and (out / LIBC_ARCHIVE).exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,18 +88,18 @@ def runtime_dir() -> Path:
         objs = []
         for src in sorted((RUNTIME_DIR / "src").glob("*.[cS]")):
             obj = tmpdir / (src.stem + ".o")
-            _run([compiler(), *flags, "-c", str(src), "-o", str(obj)])
+            run_tool([compiler(), *flags, "-c", str(src), "-o", str(obj)])
             objs.append(str(obj))
         combined = tmpdir / "combined.o"
-        _run(["ld", "-r", "-o", str(combined), *objs])
+        run_tool(["ld", "-r", "-o", str(combined), *objs])
         keep = [arg for sym in EXPORTED for arg in ("--keep-global-symbol", sym)]
-        _run(["objcopy", "--wildcard", *keep, str(combined), str(tmpdir / RUNTIME_OBJ)])
+        run_tool(["objcopy", "--wildcard", *keep, str(combined), str(tmpdir / RUNTIME_OBJ)])
         libc_objs = []
         for src in sorted((RUNTIME_DIR / "libc").glob("*.c")):
             obj = tmpdir / ("libc_" + src.stem + ".o")
-            _run([compiler(), *flags, "-c", str(src), "-o", str(obj)])
+            run_tool([compiler(), *flags, "-c", str(src), "-o", str(obj)])
             libc_objs.append(str(obj))
-        _run(["ar", "rcs", str(tmpdir / LIBC_ARCHIVE), *libc_objs])
+        run_tool(["ar", "rcs", str(tmpdir / LIBC_ARCHIVE), *libc_objs])
         final = tmpdir / "final"
         final.mkdir()
         for name in (RUNTIME_OBJ, LIBC_ARCHIVE):
@@ -120,7 +120,7 @@ def compile_manifest(manifest_json: str, source_name: str, out_obj: Path) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         c_file = Path(tmp) / "manifest.c"
         c_file.write_text(gen_manifest_c(manifest_json, source_name))
-        _run([compiler(), *base_cflags(), "-c", str(c_file), "-o", str(out_obj)])
+        run_tool([compiler(), *base_cflags(), "-c", str(c_file), "-o", str(out_obj)])
 
 
 def build(sources: list[str], output: str, manifest: str | None = None,
@@ -160,12 +160,12 @@ def build(sources: list[str], output: str, manifest: str | None = None,
                 objs.append(str(f))
                 continue
             obj = Path(tmp) / f"{i}_{f.stem}.o"
-            _run([compiler(), *flags, "-c", str(f), "-o", str(obj)])
+            run_tool([compiler(), *flags, "-c", str(f), "-o", str(obj)])
             objs.append(str(obj))
         mft_obj = Path(tmp) / "manifest.o"
         compile_manifest(manifest_text, manifest, mft_obj)
         out_tmp = Path(tmp) / "out.hvt"
-        _run(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "-z", "noexecstack",
+        run_tool(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "-z", "noexecstack",
               "--build-id=none", f"--defsym=ukvm_mode_flags={0 if cpl0 else 1}",
               "-T", str(LINKER_SCRIPT), "-o", str(out_tmp),
               str(rt / RUNTIME_OBJ), *objs, str(mft_obj), str(rt / LIBC_ARCHIVE)])

@@ -12,7 +12,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
 from ukvm.modules import default_modules, module_classes
 from ukvm.sandbox import sandbox_vm
-from ukvm.vm import VM, Kernel
+from ukvm.vm import GUEST_CPL_CHOICES, VM, Kernel
 
 
 def _prog() -> str:
@@ -30,6 +30,8 @@ def run_usage(prog: str) -> str:
         "    --help (display this help)",
         "    --version (display version information)",
         "    --x-no-sandbox (debugging: do not confine the tender with seccomp)",
+        "    --x-guest-cpl=auto|0|3 (privilege level of the guest's code; auto: CPL3 for ukvm-built",
+        "      guests, and for Solo5-built guests, under ukvm's supervisor, on hosts that emulate CPL0)",
         "Compiled-in modules: " + "".join(cls.name + " " for cls in module_classes()),
     ]
     lines += [cls.usage for cls in module_classes() if cls.usage]
@@ -99,6 +101,7 @@ def run_main(argv: list[str], prog: str) -> int:
             # Pass 2: core and module options, resolved against the manifest.
             mem = hvt.MEM_DEFAULT
             sandboxed = True
+            guest_cpl = "auto"
             for arg in argv[:kernel_at]:
                 if arg == "--":
                     break
@@ -106,12 +109,16 @@ def run_main(argv: list[str], prog: str) -> int:
                     mem = parse_mem(arg[len("--mem="):])
                 elif arg == "--x-no-sandbox":
                     sandboxed = False
+                elif arg.startswith("--x-guest-cpl="):
+                    guest_cpl = arg[len("--x-guest-cpl="):]
+                    if guest_cpl not in GUEST_CPL_CHOICES:
+                        raise UsageError(f"Malformed argument to --x-guest-cpl (auto, 0 or 3): `{guest_cpl}'")
                 elif not any(m.handle_arg(arg) for m in modules):
                     raise UsageError(f"Invalid option: `{arg}'")
             signal.signal(signal.SIGINT, _signal_exit)
             signal.signal(signal.SIGTERM, _signal_exit)
             vm = VM(kernel, argv[kernel_at + 1:], mem, modules,
-                    warn=lambda msg: print(f"{prog}: {msg}", file=err, flush=True))
+                    warn=lambda msg: print(f"{prog}: {msg}", file=err, flush=True), guest_cpl=guest_cpl)
             try:
                 if sandboxed:
                     _test_hook_open_after_sandbox(vm)

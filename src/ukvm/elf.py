@@ -120,8 +120,8 @@ class ElfFile:
             return payload
         return None
 
-    def ukvm_mode(self) -> int:
-        """Flags of the ukvm MODE note (0 when there is none; other notes are not ours)."""
+    def ukvm_mode(self) -> int | None:
+        """Flags of the ukvm MODE note; None when there is none (a Solo5-built image)."""
         for i, (p_type, _flags, p_offset, _va, _pa, p_filesz, _ms, _al) in enumerate(self.phdrs):
             if p_type != PT_NOTE or p_filesz < Elf64_Nhdr.size + 4:
                 continue
@@ -133,7 +133,7 @@ class ElfFile:
                 if descsz != 4:
                     raise self._fail(f"phdr[{i}] ukvm note does not fall within valid size ({descsz} != 4)")
                 return struct.unpack_from("<I", raw, Elf64_Nhdr.size)[0]
-        return 0
+        return None
 
     def abi(self) -> tuple[int, int] | None:
         """(abi_target, abi_version) from the ABI1 note, or None when there is none."""

@@ -10,6 +10,8 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
 from ukvm.kvm import abi
 
+SV_REPORT_PORT = 0x5FE   # supervisor.SV_REPORT_PORT, without importing the supervisor
+
 
 
 class HypercallTable:
@@ -17,6 +19,8 @@ class HypercallTable:
 
     def __init__(self):
         self.handlers: list = [None] * hvt.HVT_HYPERCALL_MAX
+        # Under the CPL3 supervisor: builds the error its report port stands for (supervisor.py).
+        self.on_report_port: Callable[[], GuestFault] | None = None
 
     def register(self, nr: int, handler: Callable[[int], None]) -> None:
         if not 0 < nr < hvt.HVT_HYPERCALL_MAX or nr == hvt.HVT_HYPERCALL_HALT:
@@ -38,6 +42,8 @@ def handle_exit(run, table: HypercallTable, get_rip: Callable[[], int],
         direction, size, port, _count, data_offset = abi.KVM_RUN_IO.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
         nr = port - hvt.HVT_HYPERCALL_PIO_BASE
         if direction != abi.KVM_EXIT_IO_OUT or size != 4 or not 0 <= nr < hvt.HVT_HYPERCALL_MAX:
+            if port == SV_REPORT_PORT and table.on_report_port is not None:
+                raise table.on_report_port()
             raise GuestFault(f"Invalid guest port access: port={port:#x}")
         gpa = hvt.U32.unpack_from(run, data_offset)[0]
         if nr == hvt.HVT_HYPERCALL_HALT:

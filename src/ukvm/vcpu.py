@@ -3,6 +3,7 @@
 Identity page tables and the tender GDT are written into guest low memory; the vCPU gets
 control registers, segments, general registers and the host's supported CPUID list.
 """
+import os
 import struct
 
 from ukvm import hvt_abi as hvt
@@ -35,6 +36,11 @@ GDT_CODE64 = 0x00AF99000000FFFF   # selector 0x08
 GDT_DATA = 0x00CF93000000FFFF     # selector 0x10
 SEL_CODE = 0x08
 SEL_DATA = 0x10
+
+
+def host_emulates_cpl0() -> bool:
+    """kvm_pvm emulates guest CPL0 code an instruction at a time and runs CPL3 natively (docs/pvm.md)."""
+    return os.path.exists("/sys/module/kvm_pvm")
 
 
 def _qwords(values: list[int]) -> bytes:

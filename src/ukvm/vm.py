@@ -22,7 +22,9 @@ from ukvm.manifest import Manifest, type_name
 from ukvm.memory import GuestMemory
 from ukvm.modules import Module, default_modules
 from ukvm.modules.core import CoreModule
-from ukvm.vcpu import setup_vcpu, write_gdt, write_page_tables
+from ukvm.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
+
+GUEST_CPL_CHOICES = ("auto", "0", "3")
 
 
 def _stderr_warn(message: str) -> None:
@@ -78,10 +80,24 @@ def join_cmdline(args: Sequence[str]) -> bytes:
     return cmdline
 
 
+def guest_cpl_plan(note: int | None, choice: str) -> tuple[bool, bool]:
+    """(runtime_cpl3, supervised) for an image's ukvm MODE note (None: Solo5-built) and
+    --x-guest-cpl. A ukvm runtime that asks for CPL3 drops there itself; any other guest runs at
+    CPL3 under the supervisor when asked to, or by default where the host emulates CPL0."""
+    runtime_cpl3 = note is not None and bool(note & UKVM_MODE_CPL3) and choice != "0"
+    supervised = not runtime_cpl3 and (choice == "3" or (choice == "auto" and note is None
+                                                         and host_emulates_cpl0()))
+    return runtime_cpl3, supervised
+
+
 class VM:
     def __init__(self, kernel: Kernel, args: Sequence[str] = (), mem: int = hvt.MEM_DEFAULT,
-                 modules: list[Module] | None = None, warn: Callable[[str], None] = _stderr_warn):
+                 modules: list[Module] | None = None, warn: Callable[[str], None] = _stderr_warn,
+                 guest_cpl: str = "auto"):
+        if guest_cpl not in GUEST_CPL_CHOICES:
+            raise ValueError(f"guest_cpl must be one of {GUEST_CPL_CHOICES}")
         self.kernel = kernel
+        self.guest_cpl_choice = guest_cpl
         self.modules = modules if modules is not None else default_modules(kernel.manifest())
         self.manifest = self.modules[0].manifest
         self.core = next(m for m in self.modules if isinstance(m, CoreModule))
@@ -115,11 +131,20 @@ class VM:
             self.mem.limit = size - hvt.HVT_RING_AREA
         self.ring_gpa = 0
         self.host_features = 0
-        wants_cpl3 = bool(self.kernel.mode & UKVM_MODE_CPL3)
-        write_page_tables(self.mem, user=wants_cpl3)
+        runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, self.guest_cpl_choice)
+        code = None
+        if self.supervised:
+            from ukvm import supervisor
+            code = supervisor.image()
+        write_page_tables(self.mem, user=runtime_cpl3 or self.supervised)
         write_gdt(self.mem)
-        if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=wants_cpl3):
+        if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=runtime_cpl3):
             self.host_features |= hvt.UKVM_FEATURE_CPL3
+        if self.supervised:
+            supervisor.install(self.mem, self.vcpu, code)
+            self.hypercalls.on_report_port = lambda: supervisor.report_error(self.mem)
+        # The CPL the guest's code runs at: 3 under the supervisor or after the runtime's drop.
+        self.guest_cpl = 3 if self.supervised or self.host_features & hvt.UKVM_FEATURE_CPL3 else 0
         tsc_hz = self.vcpu.tsc_khz() * 1000
 
         for module in self.modules:

@@ -13,6 +13,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError, UsageError
 from ukvm.manifest import MFT_DEV_NET_BASIC, Entry
 from ukvm.modules import Module, parse_module_option
+from ukvm.vcpu import host_emulates_cpl0
 
 MAX_IFACE = 19     # longer --net values are cut, as upstream does
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -32,7 +33,7 @@ def ring_wanted(mode: str, guest_at_cpl3: bool) -> bool:
     hypercall path; at CPL3 the ring avoids exits that cost twice as much (docs/performance.md)."""
     if mode != "auto":
         return mode == "on"
-    return guest_at_cpl3 or not os.path.exists("/sys/module/kvm_pvm")
+    return guest_at_cpl3 or not host_emulates_cpl0()
 
 
 class NetDevice:
@@ -137,7 +138,7 @@ class NetModule(Module):
             return
         vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_WRITE, self.hvt_hc_net_write)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_READ, self.hvt_hc_net_read)
-        if ring_wanted(self.ring_mode, bool(vm.host_features & hvt.UKVM_FEATURE_CPL3)):
+        if ring_wanted(self.ring_mode, vm.guest_cpl == 3):
             from ukvm.ring import start_ring
             self.ring = start_ring(vm, self.by_handle)
 

@@ -1,0 +1,202 @@
+"""supervisor.py: unmodified Solo5 guests at CPL3 under ukvm's CPL0 supervisor (docs/cpl3.md).
+
+The supervisor (runtime/supervisor/) is C and assembly, built once with gcc into a flat image and
+cached like the runtime. For a guest that runs under it, the tender loads that image below
+0x10000 in pages hvt leaves unmapped, writes the real GDT, IDT and TSS, makes every guest page
+user-accessible and the supervisor's pages not, and starts the vCPU directly at CPL3 on the
+guest's entry point. The guest's privileged instructions and exceptions go to the supervisor;
+what it cannot handle comes back to the tender as a report (one `out` to SV_REPORT_PORT).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+from ukvm import __version__
+from ukvm import hvt_abi as hvt
+from ukvm.errors import GuestFault, UkvmError
+from ukvm.kvm import abi
+from ukvm.memory import GuestMemory
+from ukvm.vcpu import PTE_P, PTE_RW, X86_RFLAGS_RESERVED, initial_sregs
+
+SRC_DIR = Path(__file__).parent / "runtime" / "supervisor"
+
+# Mirrors runtime/supervisor/layout.h (tests/unit/test_supervisor.py compares them).
+SV_BASE = 0x9000
+SV_STUB_STRIDE = 16
+SV_CODE_END = 0xC000
+SV_STATE = 0xC000
+SV_IDT = 0xC400
+SV_TSS = 0xC800
+SV_STACK_TOP = 0xF000
+SV_DF_STACK_TOP = 0x10000
+SV_REPORT_PORT = 0x5FE
+SV_REPORT_SHUTDOWN = 1
+SV_REPORT_HLT = 2
+SV_REPORT_PORT_IO = 3
+SV_REPORT_UNSUPPORTED = 4
+SV_REPORT_INTERNAL = 5
+
+STATE_FIELDS = (
+    "mem_end", "read_min", "write_min", "cr0", "cr2", "cr3", "cr4",
+    "gdt_base", "gdt_limit", "idt_base", "idt_limit", "tr", "tss_base", "ldtr", "cs", "ss",
+    "vif", "kernel_gs_base",
+    "report_reason", "report_vector", "report_ec", "report_rip", "report_arg", "report_insn",
+    "n_emulated", "n_delivered")
+STATE = struct.Struct(f"<{len(STATE_FIELDS)}Q")
+
+# The real GDT (at hvt's GDT address). The guest's flat code and data sit at hvt's indices with
+# DPL 3, so the selectors it sees are hvt's with RPL 3 (CS 0x0b, SS 0x13) and it may reload DS/ES
+# with 0x10 itself; the supervisor's segments and the TSS follow.
+USER_CS, USER_SS, USER_DS = 0x0B, 0x13, 0x10
+SV_CS, SV_DS, SV_TR = 0x18, 0x20, 0x28
+GDT = (0, 0x00AFF9000000FFFF, 0x00CFF3000000FFFF, 0x00AF9B000000FFFF, 0x00CF93000000FFFF)
+
+# TSS: 104 bytes, then an I/O permission bitmap that opens exactly the hypercall ports (and the
+# ring kick) to CPL3, so hypercalls exit to the tender without a trap; a 0xff byte ends it. A
+# 32-bit `out` to port P needs the bits of P to P+3 clear.
+TSS_HEADER = 104
+IO_BITMAP_PORTS = 0x800
+RING_KICK_PORT = 0x600
+OPEN_PORTS = sorted({base + nr + byte
+                     for base, count in ((hvt.HVT_HYPERCALL_PIO_BASE, hvt.HVT_HYPERCALL_MAX), (RING_KICK_PORT, 1))
+                     for nr in range(count) for byte in range(4)})
+TSS_SIZE = TSS_HEADER + IO_BITMAP_PORTS // 8 + 1
+IST_DF = 1
+VECTORS = 32
+
+# hvt's entry state as the guest believes it (hvt-abi.md 5.4, 6).
+HVT_CR0, HVT_CR4 = 0x80010021, 0x620
+HVT_CS, HVT_SS = 0x08, 0x10
+
+
+class SupervisorError(UkvmError):
+    pass
+
+
+def _source_files() -> list[Path]:
+    return sorted(p for p in SRC_DIR.iterdir() if p.suffix in (".c", ".S", ".h", ".lds"))
+
+
+def image() -> bytes:
+    """The supervisor's flat image, built on first use into the ukvm cache."""
+    h = hashlib.sha256(__version__.encode())
+    for path in _source_files():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    from ukvm.build import cache_root
+    cached = cache_root() / f"supervisor-{h.hexdigest()[:16]}.bin"
+    try:
+        return cached.read_bytes()
+    except FileNotFoundError:
+        pass
+    return _build(cached)
+
+
+def _build(out: Path) -> bytes:
+    import tempfile
+    from ukvm.build import RUNTIME_CFLAGS, base_cflags, compiler, run_tool
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        objs = []
+        for src in (SRC_DIR / "entry.S", SRC_DIR / "supervisor.c"):
+            obj = os.path.join(tmp, src.stem + ".o")
+            run_tool([compiler(), *base_cflags(), *RUNTIME_CFLAGS, "-I", str(SRC_DIR), "-c", str(src), "-o", obj])
+            objs.append(obj)
+        elf = os.path.join(tmp, "supervisor.elf")
+        run_tool(["ld", "-nostdlib", "-static", "--build-id=none", "-T", str(SRC_DIR / "supervisor.lds"),
+                  "-o", elf, *objs])
+        flat = os.path.join(tmp, "supervisor.bin")
+        run_tool(["objcopy", "-O", "binary", elf, flat])
+        data = Path(flat).read_bytes()
+        if not data or len(data) > SV_CODE_END - SV_BASE:
+            raise SupervisorError(f"supervisor image has a bad size ({len(data)} bytes)")
+        os.replace(flat, out)
+    return data
+
+
+def _segment(selector: int, dpl: int, code: bool) -> abi.kvm_segment:
+    return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=9 if code else 3, present=1,
+                           dpl=dpl, db=0 if code else 1, s=1, l=1 if code else 0, g=1)
+
+
+def _gate(vector: int) -> bytes:
+    handler = SV_BASE + SV_STUB_STRIDE * vector
+    ist = IST_DF if vector in (2, 8, 18) else 0
+    lo = ((handler & 0xFFFF) | SV_CS << 16 | ist << 32 | 0x8E << 40 | ((handler >> 16) & 0xFFFF) << 48)
+    return struct.pack("<QQ", lo, handler >> 32)
+
+
+def _tss() -> bytes:
+    tss = bytearray(TSS_SIZE)
+    struct.pack_into("<Q", tss, 4, SV_STACK_TOP)                   # RSP0
+    struct.pack_into("<Q", tss, 0x24 + 8 * (IST_DF - 1), SV_DF_STACK_TOP)
+    struct.pack_into("<H", tss, 102, TSS_HEADER)                   # I/O bitmap offset
+    bitmap = bytearray(b"\xff" * (IO_BITMAP_PORTS // 8 + 1))
+    for port in OPEN_PORTS:
+        bitmap[port // 8] &= ~(1 << port % 8)
+    tss[TSS_HEADER:] = bitmap
+    return bytes(tss)
+
+
+def _tss_descriptor() -> tuple[int, int]:
+    base, limit = SV_TSS, TSS_SIZE - 1
+    lo = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x8B << 40 | ((limit >> 16) & 0xF) << 48 | ((base >> 24) & 0xFF) << 56
+    return lo, base >> 32
+
+
+def install(mem: GuestMemory, vcpu, code: bytes) -> None:
+    """Turn hvt's entry state (already on the vCPU and in memory) into the supervised one."""
+    mem.host_write(SV_BASE, code)
+    mem.host_write(hvt.HVT_GDT_BASE, struct.pack("<7Q", *GDT, *_tss_descriptor()))
+    mem.host_write(SV_IDT, b"".join(_gate(v) for v in range(VECTORS)))
+    mem.host_write(SV_TSS, _tss())
+    state = dict.fromkeys(STATE_FIELDS, 0)
+    state.update(mem_end=mem.size, read_min=hvt.HVT_BOOT_INFO_BASE, write_min=hvt.HVT_GUEST_MIN_BASE,
+                 cr0=HVT_CR0, cr3=hvt.HVT_PML4_BASE, cr4=HVT_CR4, gdt_base=hvt.HVT_GDT_BASE,
+                 gdt_limit=3 * 8 - 1, cs=HVT_CS, ss=HVT_SS)
+    mem.host_write(SV_STATE, STATE.pack(*(state[f] for f in STATE_FIELDS)))
+    # Page tables: hvt's, user-accessible, plus the supervisor's pages (GDT, code, tables,
+    # stacks) present for CPL0 only.
+    pt0 = b"".join(struct.pack("<Q", gpa | PTE_P | PTE_RW) for gpa in range(SV_BASE, SV_DF_STACK_TOP, 0x1000))
+    mem.host_write(hvt.HVT_PT0_BASE + 8 * (SV_BASE >> 12), pt0)
+    mem.host_write(hvt.HVT_PT0_BASE + 8 * (hvt.HVT_GDT_BASE >> 12),
+                   struct.pack("<Q", hvt.HVT_GDT_BASE | PTE_P | PTE_RW))
+
+    sregs = initial_sregs()
+    sregs.cs = _segment(USER_CS, 3, code=True)
+    sregs.ss = _segment(USER_SS, 3, code=False)
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = _segment(USER_DS, 3, code=False)
+    sregs.tr = abi.kvm_segment(base=SV_TSS, limit=TSS_SIZE - 1, selector=SV_TR, type=11, present=1)
+    sregs.gdt.limit = len(GDT) * 8 + 16 - 1
+    sregs.idt.base = SV_IDT
+    sregs.idt.limit = VECTORS * 16 - 1
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rflags = X86_RFLAGS_RESERVED
+    vcpu.set_regs(regs)
+
+
+def state(mem: GuestMemory) -> dict[str, int]:
+    return dict(zip(STATE_FIELDS, STATE.unpack(mem.host_read(SV_STATE, STATE.size))))
+
+
+def report_error(mem: GuestMemory) -> GuestFault:
+    """The fatal error a supervisor report stands for, worded as the tender's own messages."""
+    st = state(mem)
+    reason, rip, arg = st["report_reason"], st["report_rip"], st["report_arg"]
+    if reason == SV_REPORT_SHUTDOWN:     # what hardware KVM reports for a triple fault
+        return GuestFault(f"KVM: unhandled exit: exit_reason=0x8, rip={rip:#x}")
+    if reason == SV_REPORT_HLT:          # KVM_EXIT_HLT leaves RIP after the instruction
+        return GuestFault(f"KVM: unhandled exit: exit_reason=0x5, rip={rip + 1:#x}")
+    if reason == SV_REPORT_PORT_IO:
+        return GuestFault(f"Invalid guest port access: port={arg:#x}")
+    if reason == SV_REPORT_UNSUPPORTED:
+        code = st["report_insn"].to_bytes(8, "little")[:min(arg, 8)].hex(" ")
+        return GuestFault(f"supervisor: privileged instruction not emulated at rip={rip:#x} (bytes {code}); "
+                          "run this guest at CPL0 with --x-guest-cpl=0")
+    if reason == SV_REPORT_INTERNAL:
+        return GuestFault(f"supervisor: internal fault: vector {st['report_vector']} ec={st['report_ec']:#x} "
+                          f"rip={rip:#x} cr2={arg:#x}")
+    return GuestFault(f"supervisor: unknown report {reason}")
