@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ukvm import __version__
+from ukvm.cache import cache_dir
 from ukvm.errors import UkvmError
 from ukvm.manifest import generate_c, parse_json
 
@@ -64,12 +65,6 @@ def base_cflags() -> list[str]:
             "-fno-pie", "-mstack-protector-guard=global", "-m64"]
 
 
-def cache_root() -> Path:
-    base = os.environ.get("UKVM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ukvm")
-    return Path(base)
-
-
 def runtime_dir() -> Path:
     """Directory holding the built runtime object and libc archive; built if missing."""
     h = hashlib.sha256(__version__.encode())
@@ -78,7 +73,7 @@ def runtime_dir() -> Path:
             h.update(str(path.relative_to(RUNTIME_DIR)).encode())
             h.update(path.read_bytes())
     h.update(run_tool([compiler(), "--version"]).encode())
-    out = cache_root() / f"runtime-{h.hexdigest()[:16]}"
+    out = Path(cache_dir()) / f"runtime-{h.hexdigest()[:16]}"
     if (out / RUNTIME_OBJ).exists() and (out / LIBC_ARCHIVE).exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,19 +9,20 @@ what it cannot handle comes back to the tender as a report (one `out` to SV_REPO
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
-from pathlib import Path
+import zlib
 
 from ukvm import __version__
 from ukvm import hvt_abi as hvt
+from ukvm.cache import cache_dir
 from ukvm.errors import GuestFault, UkvmError
 from ukvm.kvm import abi
 from ukvm.memory import GuestMemory
 from ukvm.vcpu import PTE_P, PTE_RW, X86_RFLAGS_RESERVED, initial_sregs
 
-SRC_DIR = Path(__file__).parent / "runtime" / "supervisor"
+SRC_DIR = os.path.join(os.path.dirname(__file__), "runtime", "supervisor")
+SOURCES = ("layout.h", "entry.S", "supervisor.c", "supervisor.lds")
 
 # Mirrors runtime/supervisor/layout.h (tests/unit/test_supervisor.py compares them).
 SV_BASE = 0x9000
@@ -76,40 +77,40 @@ class SupervisorError(UkvmError):
     pass
 
 
-def _source_files() -> list[Path]:
-    return sorted(p for p in SRC_DIR.iterdir() if p.suffix in (".c", ".S", ".h", ".lds"))
-
-
 def image() -> bytes:
-    """The supervisor's flat image, built on first use into the ukvm cache."""
-    h = hashlib.sha256(__version__.encode())
-    for path in _source_files():
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    from ukvm.build import cache_root
-    cached = cache_root() / f"supervisor-{h.hexdigest()[:16]}.bin"
+    """The supervisor's flat image, built on first use into the ukvm cache (keyed by a checksum
+    of its sources: `ukvm run` reads four small files and one cached image, and imports nothing
+    of the toolchain unless it has to build)."""
+    key = zlib.crc32(__version__.encode())
+    for name in SOURCES:
+        with open(os.path.join(SRC_DIR, name), "rb") as f:
+            key = zlib.crc32(name.encode() + b"\0" + f.read(), key)
+    cached = os.path.join(cache_dir(), f"supervisor-{key:08x}.bin")
     try:
-        return cached.read_bytes()
+        with open(cached, "rb") as f:
+            return f.read()
     except FileNotFoundError:
-        pass
-    return _build(cached)
+        return _build(cached)
 
 
-def _build(out: Path) -> bytes:
+def _build(out: str) -> bytes:
     import tempfile
     from ukvm.build import RUNTIME_CFLAGS, base_cflags, compiler, run_tool
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as tmp:
         objs = []
-        for src in (SRC_DIR / "entry.S", SRC_DIR / "supervisor.c"):
-            obj = os.path.join(tmp, src.stem + ".o")
-            run_tool([compiler(), *base_cflags(), *RUNTIME_CFLAGS, "-I", str(SRC_DIR), "-c", str(src), "-o", obj])
+        for name in ("entry.S", "supervisor.c"):
+            obj = os.path.join(tmp, name.split(".")[0] + ".o")
+            run_tool([compiler(), *base_cflags(), *RUNTIME_CFLAGS, "-I", SRC_DIR, "-c",
+                      os.path.join(SRC_DIR, name), "-o", obj])
             objs.append(obj)
         elf = os.path.join(tmp, "supervisor.elf")
-        run_tool(["ld", "-nostdlib", "-static", "--build-id=none", "-T", str(SRC_DIR / "supervisor.lds"),
+        run_tool(["ld", "-nostdlib", "-static", "--build-id=none", "-T", os.path.join(SRC_DIR, "supervisor.lds"),
                   "-o", elf, *objs])
         flat = os.path.join(tmp, "supervisor.bin")
         run_tool(["objcopy", "-O", "binary", elf, flat])
-        data = Path(flat).read_bytes()
+        with open(flat, "rb") as f:
+            data = f.read()
         if not data or len(data) > SV_CODE_END - SV_BASE:
             raise SupervisorError(f"supervisor image has a bad size ({len(data)} bytes)")
         os.replace(flat, out)

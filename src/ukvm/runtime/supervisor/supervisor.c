@@ -172,21 +172,28 @@ static void page_fault(struct frame *f, u64 addr, u64 ec)
 /* --- decoding ------------------------------------------------------------------------------- */
 
 struct insn {
-    u8 b[15];
+    u8 b[16] __attribute__((aligned(8)));
     unsigned len, i;      /* bytes fetched, bytes consumed */
     unsigned rex, opsize16, addr32, seg;
     unsigned mod, reg, rm;
 };
 
-/* Fetch what may be the instruction at RIP: it just faulted there, so its first byte is mapped. */
+/* Fetch what may be the instruction at RIP: it just faulted there, so its first byte is mapped.
+ * Two loads in the common case: every instruction here costs a microsecond on kvm_pvm. */
 static void fetch(struct frame *f, struct insn *in)
 {
+    in->i = in->rex = in->opsize16 = in->addr32 = in->seg = 0;
+    if (readable(f->rip, 16)) {
+        ((u64 *)in->b)[0] = *(u64u *)f->rip;
+        ((u64 *)in->b)[1] = *(u64u *)(f->rip + 8);
+        in->len = 15;
+        return;
+    }
     in->len = 0;
-    while (in->len < sizeof in->b && readable(f->rip + in->len, 1)) {
+    while (in->len < 15 && readable(f->rip + in->len, 1)) {
         in->b[in->len] = *(u8 *)(f->rip + in->len);
         in->len++;
     }
-    in->i = in->rex = in->opsize16 = in->addr32 = in->seg = 0;
 }
 
 static int next(struct insn *in, u8 *out)
