@@ -36,16 +36,20 @@ HVT_RING_MASK = HVT_RING_SIZE - 1
 HVT_RING_KICK_PORT = 0x600
 RING_OP_NET_WRITE = 1
 RING_OP_NET_READ = 2
-OFF_ENT_TAIL = 0
-OFF_COM_HEAD = 4
-OFF_ENT_HEAD = 64
-OFF_COM_TAIL = 68
-OFF_NEEDS_KICK = 72
+# Control words, as indices of 32-bit words: the guest reads them while the host writes them, so
+# each is stored with one aligned 32-bit store through a memoryview cast to "I". struct's "<I"
+# stores byte by byte, and a guest running natively (CPL3) saw ent_head torn across a carry
+# (0x3ff -> 0x400 read as 0x000) and failed its ring-full assertion.
+CTL_ENT_TAIL = 0
+CTL_COM_HEAD = 1
+CTL_ENT_HEAD = 16
+CTL_COM_TAIL = 17
+CTL_NEEDS_KICK = 18
+CTL_WORDS = 32
 OFF_ENTRIES = 128
 OFF_COMMITS = 128 + 32 * HVT_RING_SIZE
 RING_ENTRY = struct.Struct("<IIQII8x")   # operation, handle, data, len, id
 RING_COMMIT = struct.Struct("<IiI")      # id, ret, len (reserved word not written)
-U32 = struct.Struct("<I")
 IDLE_CHECKS = 64                         # cheap re-checks before arming the kick
 MAX_SLEEP_S = 0.05
 
@@ -66,6 +70,7 @@ class RingServer:
         self.stopping = False
         self._fence_lock = threading.Lock()
         self.ring = mem.tender_area(self.gpa, hvt.HVT_RING_STRUCT_SIZE)
+        self.ctl = self.ring[:4 * CTL_WORDS].cast("I")
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -85,10 +90,10 @@ class RingServer:
             self.on_error(HostIOError(f"Ring I/O thread failed: {os.strerror(e.errno)}"))
 
     def _loop(self) -> None:
-        ring = self.ring
-        head = U32.unpack_from(ring, OFF_ENT_HEAD)[0]
+        ctl = self.ctl
+        head = ctl[CTL_ENT_HEAD]
         while not self.stopping:
-            tail = U32.unpack_from(ring, OFF_ENT_TAIL)[0]
+            tail = ctl[CTL_ENT_TAIL]
             if tail == head:
                 tail = self._wait(head)
                 if tail is None:
@@ -100,22 +105,23 @@ class RingServer:
 
     def _wait(self, head: int) -> int | None:
         """Sleep until the guest has produced entries; returns ent_tail, or None to look again."""
-        ring = self.ring
+        ctl = self.ctl
         for _ in range(IDLE_CHECKS):
-            tail = U32.unpack_from(ring, OFF_ENT_TAIL)[0]
+            tail = ctl[CTL_ENT_TAIL]
             if tail != head:
                 return tail
-        U32.pack_into(ring, OFF_NEEDS_KICK, 1)
+        ctl[CTL_NEEDS_KICK] = 1
         self._fence()                                  # store needs_kick before loading ent_tail
-        tail = U32.unpack_from(ring, OFF_ENT_TAIL)[0]
+        tail = ctl[CTL_ENT_TAIL]
         if tail == head and not self.stopping:
             if select.select([self.efd], [], [], MAX_SLEEP_S)[0]:
                 os.read(self.efd, 8)
-        U32.pack_into(ring, OFF_NEEDS_KICK, 0)
+        ctl[CTL_NEEDS_KICK] = 0
         return None
 
     def _process(self, head: int, tail: int) -> int:
         ring = self.ring
+        ctl = self.ctl
         mem = self.mem
         while head != tail:
             op, handle, data, length, req_id = RING_ENTRY.unpack_from(ring, OFF_ENTRIES + 32 * (head & HVT_RING_MASK))
@@ -131,7 +137,7 @@ class RingServer:
                     if n != length:
                         raise HostIOError(f"Fatal write error: wrote only {n} out of {length} bytes", with_prog=False)
             elif op == RING_OP_NET_READ:
-                U32.pack_into(ring, OFF_ENT_HEAD, head)   # publish the writes batched so far
+                ctl[CTL_ENT_HEAD] = head                  # publish the writes batched so far
                 ret, n = hvt.SOLO5_R_EINVAL, 0
                 if dev is not None:
                     with mem.writable_view(data, length) as buf:
@@ -142,11 +148,11 @@ class RingServer:
                             ret, n = hvt.SOLO5_R_AGAIN, 0
                         except OSError:
                             ret, n = hvt.SOLO5_R_EINVAL, 0
-                com_tail = U32.unpack_from(ring, OFF_COM_TAIL)[0]
+                com_tail = ctl[CTL_COM_TAIL]
                 RING_COMMIT.pack_into(ring, OFF_COMMITS + 16 * (com_tail & HVT_RING_MASK), req_id, ret, n)
-                U32.pack_into(ring, OFF_COM_TAIL, (com_tail + 1) & 0xFFFFFFFF)
+                ctl[CTL_COM_TAIL] = (com_tail + 1) & 0xFFFFFFFF
             head = (head + 1) & 0xFFFFFFFF
-        U32.pack_into(ring, OFF_ENT_HEAD, head)
+        ctl[CTL_ENT_HEAD] = head
         return head
 
     def stop(self) -> None:
@@ -159,6 +165,7 @@ class RingServer:
             if self.thread is not threading.current_thread():
                 self.thread.join()
             self.thread = None
+        self.ctl.release()
         self.ring.release()
         os.close(self.efd)
         self.efd = -1
