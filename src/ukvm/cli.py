@@ -30,8 +30,8 @@ def run_usage(prog: str) -> str:
         "    --help (display this help)",
         "    --version (display version information)",
         "    --x-no-sandbox (debugging: do not confine the tender with seccomp)",
-        "    --x-guest-cpl=auto|0|3 (privilege level of the guest's code; auto: CPL3 for ukvm-built",
-        "      guests, and for Solo5-built guests, under ukvm's supervisor, on hosts that emulate CPL0)",
+        "    --x-guest-cpl=auto|0|3 (privilege level of the guest's code; auto: 3 for guests built by",
+        "      ukvm build, and for other guests under ukvm's supervisor where the host emulates CPL0)",
         "Compiled-in modules: " + "".join(cls.name + " " for cls in module_classes()),
     ]
     lines += [cls.usage for cls in module_classes() if cls.usage]

@@ -42,6 +42,14 @@ def test_declined_options_are_invalid(guest, arg):
 
 
 @needs_kvm
+@pytest.mark.parametrize("value", ["", "1", "cpl3", "03"])
+def test_malformed_guest_cpl(guest, value):
+    p = run_hvt(f"--x-guest-cpl={value}", guest("test_hello"))
+    assert p.returncode == 1
+    assert p.output.startswith(f"ukvm: Malformed argument to --x-guest-cpl (auto, 0 or 3): `{value}'\nusage:")
+
+
+@needs_kvm
 @pytest.mark.parametrize("value", ["", "abc", "0", "0x10", " -0"])
 def test_malformed_mem(guest, value):
     p = run_hvt(f"--mem={value}", guest("test_hello"))

@@ -31,6 +31,7 @@ def net():
     vm = FakeVM(mem)
     vm.core = CoreModule(manifest)
     vm.host_features = 0
+    vm.guest_cpl = 0
     vm.core.setup(vm)
     mod.setup(vm)
     mod.vm, mod.host = vm, host_end

@@ -1,0 +1,100 @@
+"""The CPL3 supervisor's tender side: layout agreement with the C code, the tables the tender
+writes, the mode choice, and the messages its reports turn into."""
+import re
+import struct
+
+import pytest
+
+from ukvm import hvt_abi as hvt
+from ukvm import supervisor as sv
+from ukvm.memory import GuestMemory
+from ukvm.vm import guest_cpl_plan
+
+MIB = 1 << 20
+
+
+def test_python_mirrors_layout_h():
+    with open(f"{sv.SRC_DIR}/layout.h") as f:
+        text = f.read()
+    defines = {m[1]: int(m[2], 0) for m in re.finditer(r"#define (SV_\w+)\s+(0x[0-9a-f]+|\d+)", text)}
+    assert defines and all(getattr(sv, name) == value for name, value in defines.items())
+    fields = re.search(r"struct sv_state \{(.*?)\};", text, re.S)[1]
+    c_fields = re.findall(r"(\w+)(?=[,;])", re.sub(r"/\*.*?\*/|uint64_t", "", fields, flags=re.S))
+    assert tuple(c_fields) == sv.STATE_FIELDS
+
+
+def test_io_bitmap_opens_exactly_the_hypercall_and_kick_ports():
+    tss = sv._tss()
+    assert struct.unpack_from("<H", tss, 102)[0] == sv.TSS_HEADER
+    bitmap = tss[sv.TSS_HEADER:]
+    open_ports = [p for p in range(sv.IO_BITMAP_PORTS) if not bitmap[p // 8] >> (p % 8) & 1]
+    assert open_ports == list(range(0x500, 0x50C)) + list(range(0x600, 0x604))
+    assert bitmap[-1] == 0xFF and sv.SV_REPORT_PORT not in open_ports
+
+
+def test_gates_point_at_the_stubs_with_cpl0_selector():
+    for vector in (0, 8, 13, 14, 31):
+        lo, hi = struct.unpack("<QQ", sv._gate(vector))
+        target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi << 32)
+        assert target == sv.SV_BASE + 16 * vector
+        assert (lo >> 16) & 0xFFFF == sv.SV_CS and (lo >> 40) & 0xFF == 0x8E
+        assert (lo >> 32) & 7 == (sv.IST_DF if vector == 8 else 0)
+
+
+def test_install_state_and_page_tables():
+    mem = GuestMemory(8 * MIB)
+
+    class FakeVcpu:
+        def set_sregs(self, s):
+            self.sregs = s
+
+        def get_regs(self):
+            from ukvm.kvm import abi
+            return abi.kvm_regs(rip=0x100000)
+
+        def set_regs(self, r):
+            self.regs = r
+    vcpu = FakeVcpu()
+    sv.install(mem, vcpu, b"\x90" * 64)
+    st = sv.state(mem)
+    assert (st["mem_end"], st["read_min"], st["write_min"]) == (8 * MIB, 0x10000, 0x100000)
+    assert (st["cs"], st["ss"], st["cr0"], st["cr4"], st["gdt_base"], st["gdt_limit"]) == (8, 0x10, 0x80010021, 0x620, 0x1000, 23)
+    pt0 = struct.unpack("<512Q", mem.host_read(hvt.HVT_PT0_BASE, 4096))
+    assert pt0[1] == 0x1003 and all(pt0[i] == (i << 12) | 3 for i in range(9, 16))   # supervisor only
+    assert vcpu.sregs.cs.selector == 0x0B and vcpu.sregs.cs.dpl == 3 and vcpu.sregs.ss.selector == 0x13
+    assert vcpu.sregs.idt.base == sv.SV_IDT and vcpu.sregs.tr.base == sv.SV_TSS
+    assert vcpu.regs.rip == 0x100000 and vcpu.regs.rflags == 2
+    mem.close()
+
+
+@pytest.mark.parametrize("note,choice,pvm,expected", [
+    (None, "auto", True, (False, True)),     # Solo5-built on kvm_pvm: supervised
+    (None, "auto", False, (False, False)),   # Solo5-built on hardware KVM: hvt's exact state
+    (None, "3", False, (False, True)),
+    (None, "0", True, (False, False)),
+    (1, "auto", True, (True, False)),        # ukvm-built: its runtime drops to CPL3 itself
+    (1, "0", True, (False, False)),
+    (0, "auto", True, (False, False)),       # built --cpl0: as asked
+    (0, "3", True, (False, True)),
+])
+def test_guest_cpl_plan(monkeypatch, note, choice, pvm, expected):
+    monkeypatch.setattr("ukvm.vm.host_emulates_cpl0", lambda: pvm)
+    assert guest_cpl_plan(note, choice) == expected
+
+
+@pytest.mark.parametrize("reason,arg,message", [
+    (sv.SV_REPORT_SHUTDOWN, 14, "KVM: unhandled exit: exit_reason=0x8, rip=0x100010"),
+    (sv.SV_REPORT_HLT, 0, "KVM: unhandled exit: exit_reason=0x5, rip=0x100011"),
+    (sv.SV_REPORT_PORT_IO, 0x70, "Invalid guest port access: port=0x70"),
+    (sv.SV_REPORT_UNSUPPORTED, 3, "privileged instruction not emulated at rip=0x100010 (bytes 0f 22 d8)"),
+    (sv.SV_REPORT_INTERNAL, 0x1234, "supervisor: internal fault: vector 13 ec=0x0 rip=0x100010 cr2=0x1234"),
+    (99, 0, "supervisor: unknown report 99"),
+])
+def test_report_messages(reason, arg, message):
+    mem = GuestMemory(4 * MIB)
+    st = dict.fromkeys(sv.STATE_FIELDS, 0)
+    st.update(report_reason=reason, report_rip=0x100010, report_arg=arg, report_vector=13,
+              report_insn=int.from_bytes(b"\x0f\x22\xd8", "little"))
+    mem.host_write(sv.SV_STATE, sv.STATE.pack(*(st[f] for f in sv.STATE_FIELDS)))
+    assert message in str(sv.report_error(mem))
+    mem.close()
