@@ -3,7 +3,8 @@
 
     python3 bench/run.py [--quick] [--only NAME[,NAME]] [--json bench/results.json]
 
-Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0). Guests are built from bench/guests
+Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0),
+solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-hvt). Guests are built from bench/guests
 with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
@@ -227,14 +228,15 @@ def ping_stats(ns, addr, count):
     return _net_helpers().ping_received(out), rtt, count / (ms / 1e3)
 
 
-def net_figures(net_guest, tx_guest, ring: str, count: int, udp_sizes=(64, 1400)) -> dict:
+def net_figures(net_guest, tx_guest, ring: str, count: int, udp_sizes=(64, 1400), tender_cmd=None) -> dict:
     """One data path in a fresh namespace: ping RTT and flood rate, UDP echo pps per size against
-    the ping/echo guest, then frames/s sent by the transmit guest."""
+    the ping/echo guest, then frames/s sent by the transmit guest. `tender_cmd` replaces
+    ukvm with its own options (`ring` then does not apply)."""
     t_net = _net_helpers()
     ns = t_net.Netns()
     try:
         ns.tap("tap0", "10.0.0.1/24")
-        tender = [LAUNCHER, "--mem=32", f"--net-ring={ring}", "--net:service0=tap0"]
+        tender = (tender_cmd or [LAUNCHER, "--mem=32", f"--net-ring={ring}"]) + ["--net:service0=tap0"]
         t = ns.popen(*tender, net_guest, "--solo5:quiet")
         t_net.wait_until_serving(ns)
         res = dict(zip(("replies", "rtt", "flood"), ping_stats(ns, "10.0.0.2", count)))
@@ -332,10 +334,79 @@ def bench_cpl3(work, floor, quick):
             "same guest, --cpl0")
 
 
+def bench_solo5(work, floor, quick):
+    """Guests built by Solo5's toolchain (tests/solo5_sdk.py, no ukvm note) on ukvm under the CPL3
+    supervisor, on ukvm at hvt's CPL0, and on Solo5's own solo5-hvt: one run, end to end through
+    each tender's command line (what a user sees)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import solo5_sdk
+    if not solo5_sdk.available():
+        print(f"solo5     skipped: {solo5_sdk.MISSING}")
+        return
+    ONE = _net_helpers().ONE
+    n = 2000 if quick else 10000
+    runs = 10 if quick else 30
+    tenders = {"cpl3": [LAUNCHER, "--x-guest-cpl=3"], "cpl0": [LAUNCHER, "--x-guest-cpl=0"],
+               "solo5-hvt": [solo5_sdk.SOLO5_HVT]}
+
+    def sdk(name, manifest=solo5_sdk.NO_DEVICES):
+        src = ROOT / "bench" / "guests" / f"{name}.c"
+        if not src.exists():
+            src = ROOT / "tests" / "guests" / f"{name}.c"
+        return solo5_sdk.build(src, work / f"sdk-{name}.hvt", manifest)
+
+    def values(tender, *args):
+        out = subprocess.run([str(a) for a in (*tenders[tender], *args)], capture_output=True, text=True,
+                             timeout=300).stdout
+        return guest_values(out)
+
+    hello_ukvm = work / "hello.hvt"
+    sh(sys.executable, "-m", "ukvm", "build", ROOT / "examples" / "hello", "-o", hello_ukvm)
+    up_hello = solo5_sdk.UPSTREAM / "tests" / "test_hello.hvt"
+    ukvm_built = timed_runs([LAUNCHER, "--mem=64", hello_ukvm, "Hi"], runs)
+    start = {t: timed_runs([*cmd, "--mem=64", up_hello, "Hi"], runs) for t, cmd in tenders.items()}
+    row("solo5", "Solo5 hello cold start, ukvm CPL3", start["cpl3"], "ms", ukvm_built,
+        "ukvm-built hello on ukvm", "target <= 1.1x")
+    row("solo5", "Solo5 hello cold start, ukvm CPL0", start["cpl0"], "ms", start["cpl3"], "same, ukvm CPL3")
+    row("solo5", "Solo5 hello cold start, solo5-hvt", start["solo5-hvt"], "ms", start["cpl3"], "same, ukvm CPL3")
+
+    res = {t: {} for t in tenders}
+    hc, comp, priv = sdk("bench_hypercall"), sdk("bench_compute"), sdk("bench_priv")
+    storage = json.dumps({"type": "solo5.manifest", "version": 1,
+                          "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]})
+    blk = sdk("bench_block", storage)
+    img = work / "solo5.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    net, tx = sdk("test_net", ONE), sdk("bench_net_tx", ONE)
+    for t in tenders:
+        v = values(t, "--mem=64", hc, "--solo5:quiet", n)
+        res[t]["walltime"] = v["hypercall_ns"] - v["loop_ns"]
+        mb = 64 if t == "cpl3" else 1        # CPL0 code is emulated here: 1 MiB takes seconds
+        res[t]["compute"] = mb / (values(t, "--mem=96", comp, "--solo5:quiet", mb)["compute_ns"] / 1e9)
+        res[t]["priv"] = values(t, "--mem=64", priv, "--solo5:quiet", 200)["priv_ns"]
+        blk_mb = 16 if t == "cpl3" else 4
+        v = values(t, "--mem=64", f"--block:storage={img}", "--", blk, "--solo5:quiet", 512, blk_mb)
+        res[t]["blk_w"], res[t]["blk_r"] = blk_mb / (v["write_ns"] / 1e9), blk_mb / (v["read_ns"] / 1e9)
+        figures = net_figures(net, tx, "auto", n, udp_sizes=(64,), tender_cmd=[*tenders[t], "--mem=32"])
+        res[t].update(flood=figures["flood"], udp=figures["udp64"], tx=figures["tx"])
+    c3, c0, up = res["cpl3"], res["cpl0"], res["solo5-hvt"]
+    for key, name, unit in (("walltime", "WALLTIME round trip seen by the guest", "ns"),
+                            ("compute", "compute: checksum", "MB/s"),
+                            ("priv", "solo5_set_tls_base (wrmsr) per call", "ns"),
+                            ("blk_w", "block write, 1 block/request", "MB/s"),
+                            ("blk_r", "block read, 1 block/request", "MB/s"),
+                            ("flood", "ping flood round trips/s", "/s"),
+                            ("udp", "UDP echo 64 B, window 32", "pkt/s"),
+                            ("tx", "guest transmit 1514 B frames/s", "/s")):
+        row("solo5", f"{name}, ukvm CPL3", c3[key], unit, c0[key], "same binary, ukvm CPL0")
+        row("solo5", f"{name}, solo5-hvt", up[key], unit, c3[key], "same binary, ukvm CPL3")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net,cpl3")
+    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
@@ -347,7 +418,8 @@ def main() -> int:
                     "hypercall": lambda: bench_hypercall(work, floor, args.quick),
                     "block": lambda: bench_block(work, floor, args.quick),
                     "net": lambda: bench_net(work, floor, args.quick),
-                    "cpl3": lambda: bench_cpl3(work, floor, args.quick)}
+                    "cpl3": lambda: bench_cpl3(work, floor, args.quick),
+                    "solo5": lambda: bench_solo5(work, floor, args.quick)}
         for name in args.only.split(","):
             sections[name]()
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": os.uname().release,
