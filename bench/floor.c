@@ -1,7 +1,10 @@
 /*
  * floor.c: the physical floors ukvm's benchmarks are compared with, measured in C.
  *   floor start               create a VM and run one instruction (`out`) to an exit
- *   floor exits N             N `out` exits to user space, re-entering at once; prints ns/exit
+ *   floor exits N [PAGES]     N `out` exits to user space, re-entering at once; prints ns/exit.
+ *                             With PAGES, one byte in each of PAGES distinct 4 KiB pages is
+ *                             written between exits (a tender's working set) and only the time
+ *                             inside KVM_RUN is counted
  *   floor pwrite FILE BS MB   sequential pwrite of BS-byte requests, MB MiB in all, wrapping
  *                             around the file; prints MB/s
  *   floor pread FILE BS MB    the same with pread
@@ -39,7 +42,7 @@ static void die(const char *what)
 }
 
 /* Real mode is enough for `out`: no page tables, no descriptor tables. */
-static int vm_out_loop(long n)
+static int vm_out_loop(long n, long pages)
 {
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0)
@@ -61,10 +64,18 @@ static int vm_out_loop(long n)
     ioctl(vcpu, KVM_SET_SREGS, &s);
     struct kvm_regs g = { .rip = 0x1000, .rflags = 2 };
     ioctl(vcpu, KVM_SET_REGS, &g);
+    volatile uint8_t *work = pages ? mmap(0, pages << 12, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : 0;
+    double inside = 0;
     double t0 = now();
     for (long i = 0; i < n; i++) {
+        double a = pages ? now() : 0;
         if (ioctl(vcpu, KVM_RUN, 0) < 0)
             die("KVM_RUN");
+        if (pages) {
+            inside += now() - a;
+            for (long p = 0; p < pages; p++)
+                work[p << 12] += 1;
+        }
         if (run->exit_reason != KVM_EXIT_IO) {
             fprintf(stderr, "unexpected exit %d\n", run->exit_reason);
             exit(1);
@@ -72,7 +83,7 @@ static int vm_out_loop(long n)
     }
     double t1 = now();
     if (n > 1)
-        printf("%.1f\n", (t1 - t0) * 1e9 / n);
+        printf("%.1f\n", (pages ? inside : t1 - t0) * 1e9 / n);
     return 0;
 }
 
@@ -136,9 +147,9 @@ int main(int argc, char **argv)
     if (argc >= 3 && !strcmp(argv[1], "rss"))
         return rss(argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "start"))
-        return vm_out_loop(1);
-    if (argc == 3 && !strcmp(argv[1], "exits"))
-        return vm_out_loop(atol(argv[2]));
+        return vm_out_loop(1, 0);
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "exits"))
+        return vm_out_loop(atol(argv[2]), argc == 4 ? atol(argv[3]) : 0);
     if (argc == 5 && (!strcmp(argv[1], "pwrite") || !strcmp(argv[1], "pread")))
         return file_io(argv[1][1] == 'w', argv[2], atol(argv[3]), atol(argv[4]));
     if (argc == 4 && !strcmp(argv[1], "udpecho"))

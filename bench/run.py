@@ -4,7 +4,8 @@
     python3 bench/run.py [--quick] [--only NAME[,NAME]] [--json bench/results.json]
 
 Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0),
-solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-hvt). Guests are built from bench/guests
+solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-hvt), exits (one
+exit per operation, ukvm against solo5-hvt on the same binaries, and the KVM_RUN floors). Guests are built from bench/guests
 with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
@@ -78,32 +79,33 @@ class KvmRunTimer:
     def __init__(self):
         from ukvm.kvm import ioctls
         self.ioctls = ioctls
-        self.orig = ioctls.VcpuFd.run_once
+        self.orig = ioctls.VcpuFd.run_ioctl
         self.inside = 0.0
         self.exits = 0
         timer = self
 
-        def run_once(vcpu):
+        def run_ioctl(fd, request, arg):
             t = time.perf_counter()
             try:
-                timer.orig(vcpu)
+                return timer.orig(fd, request, arg)
             finally:
                 timer.inside += time.perf_counter() - t
                 timer.exits += 1
-        ioctls.VcpuFd.run_once = run_once
+        ioctls.VcpuFd.run_ioctl = staticmethod(run_ioctl)
 
     def close(self):
-        self.ioctls.VcpuFd.run_once = self.orig
+        self.ioctls.VcpuFd.run_ioctl = self.orig
 
 
-def in_process(kernel_path, args, mem=8 << 20, modules=None):
+def in_process(kernel_path, args, mem=8 << 20, modules=None, guest_cpl="auto"):
     """Run one VM in this process; returns (total s, inside KVM_RUN s, exits, guest stdout)."""
     from ukvm.vm import VM, Kernel
     kernel = Kernel(str(kernel_path))
     timer = KvmRunTimer()
     r, w = os.pipe()
     try:
-        vm = VM(kernel, args, mem=mem, modules=modules(kernel) if modules else None, warn=lambda m: None)
+        vm = VM(kernel, args, mem=mem, modules=modules(kernel) if modules else None, warn=lambda m: None,
+                guest_cpl=guest_cpl)
         vm.core.stdout_fd = w
         t = time.perf_counter()
         vm.run()
@@ -245,8 +247,9 @@ def net_figures(net_guest, tx_guest, ring: str, count: int, udp_sizes=(64, 1400)
             res[f"udp{size}"] = guest_values(out)["pps"]
         t.kill()
         t_net.finish(t)
-        _, out = t_net.finish(ns.popen(*tender, tx_guest, "--solo5:quiet", count, 1514), timeout=150)
-        res["tx"] = count / (guest_values(out)["tx_ns"] / 1e9)
+        if tx_guest is not None:
+            _, out = t_net.finish(ns.popen(*tender, tx_guest, "--solo5:quiet", count, 1514), timeout=150)
+            res["tx"] = count / (guest_values(out)["tx_ns"] / 1e9)
         return res
     finally:
         ns.close()
@@ -353,7 +356,8 @@ def bench_solo5(work, floor, quick):
         src = ROOT / "bench" / "guests" / f"{name}.c"
         if not src.exists():
             src = ROOT / "tests" / "guests" / f"{name}.c"
-        return solo5_sdk.build(src, work / f"sdk-{name}.hvt", manifest)
+        # General registers only: the same binary also runs at CPL0, where kvm_pvm has no SSE.
+        return solo5_sdk.build(src, work / f"sdk-{name}.hvt", manifest, ("-O2", "-mgeneral-regs-only"))
 
     def values(tender, *args):
         out = subprocess.run([str(a) for a in (*tenders[tender], *args)], capture_output=True, text=True,
@@ -403,10 +407,103 @@ def bench_solo5(work, floor, quick):
         row("solo5", f"{name}, solo5-hvt", up[key], unit, c3[key], "same binary, ukvm CPL3")
 
 
+def bench_exits(work, floor, quick):
+    """Issue 12's table: the same Solo5-built binaries (built with Solo5's bindings, CPL0 code)
+    on ukvm and on solo5-hvt, end to end through each tender's command line, one exit per
+    operation; next to the floors of one KVM_RUN round trip in C and in Python."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import solo5_sdk
+    if not solo5_sdk.available():
+        print(f"exits     skipped: {solo5_sdk.MISSING}")
+        return
+    t_net = _net_helpers()
+    reps = 3 if quick else 7
+    n = 20000 if quick else 100000
+    up = [solo5_sdk.SOLO5_HVT]
+    ukvm = [LAUNCHER, "--x-guest-cpl=0"]     # solo5-hvt runs these guests at CPL0 too
+    flags = ("-O2", "-mgeneral-regs-only")   # CPL0 code on kvm_pvm: no SSE
+
+    def sdk(name, manifest=solo5_sdk.NO_DEVICES):
+        return solo5_sdk.build(ROOT / "bench" / "guests" / f"{name}.c", work / f"x-{name}.hvt", manifest, flags)
+
+    def paired(cmds: dict, key: str, ns=None) -> dict:
+        """Median of `key` over `reps` interleaved runs of each command (same binary)."""
+        got = {name: [] for name in cmds}
+        for _ in range(reps):
+            for name, cmd in cmds.items():
+                runner = ns.run if ns else (lambda *c, **kw: subprocess.run([str(x) for x in c], capture_output=True,
+                                                                              text=True, timeout=300))
+                p = runner(*cmd, timeout=300)
+                out = p.stdout if isinstance(p.stdout, str) else p.stdout.decode()
+                got[name].append(guest_values(out)[key])
+        return {name: statistics.median(v) for name, v in got.items()}
+
+    # Floors: one KVM_RUN round trip, from C and from Python (fcntl.ioctl, the tender's call).
+    c_exit = statistics.median(float(sh(floor, "exits", n)) for _ in range(reps))
+    py_exit = statistics.median(float(sh(sys.executable, ROOT / "bench" / "pyfloor.py", n)) for _ in range(reps))
+    py_touch = statistics.median(float(sh(sys.executable, ROOT / "bench" / "pyfloor.py", n // 4, 1000))
+                                 for _ in range(reps))
+    c_touch = statistics.median(float(sh(floor, "exits", n // 4, 1000)) for _ in range(reps))
+    row("exits", "KVM_RUN round trip, Python (fcntl.ioctl)", py_exit, "ns", c_exit, "C, same loop")
+    row("exits", "same, 1,000 objects touched between exits", py_touch, "ns", py_exit, "Python, nothing touched",
+        "inside KVM_RUN only")
+    row("exits", "C, 1,000 pages touched between exits", c_touch, "ns", c_exit, "C, nothing touched",
+        "inside KVM_RUN only")
+
+    hc = sdk("bench_hypercall")
+    r = paired({"ukvm": [*ukvm, "--mem=64", hc, "--solo5:quiet", n], "up": [*up, "--mem=64", hc, "--solo5:quiet", n]},
+               "hypercall_ns")
+    row("exits", f"WALLTIME round trip, {n} calls", r["ukvm"], "ns", r["up"], "solo5-hvt, same binary",
+        "target <= 1.0x")
+    total, inside, exits, out = in_process(hc, ["--solo5:quiet", str(n)], mem=64 << 20, guest_cpl="0")
+    row("exits", "  of which inside KVM_RUN (guest + exit)", inside / exits * 1e9, "ns", c_exit, "C raw exit")
+    row("exits", "  of which tender between exits", (total - inside) / exits * 1e9, "ns")
+
+    storage = json.dumps({"type": "solo5.manifest", "version": 1,
+                          "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]})
+    raw_blk = sdk("bench_raw", storage)
+    img = work / "exits.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    mb = 64 if quick else 256
+    for verb in ("write", "read"):
+        args = ["--mem=64", f"--block:storage={img}", "--", raw_blk, "--solo5:quiet", "block", verb, 65536, mb]
+        r = paired({"ukvm": [*ukvm, *args], "up": [*up, *args]}, f"block_{verb}_ns")
+        row("exits", f"raw BLOCK_{verb.upper()}, 64 KiB per hypercall", mb / (r["ukvm"] / 1e9), "MB/s",
+            mb / (r["up"] / 1e9), "solo5-hvt, same binary", "target >= 1.0x")
+
+    one_nic = t_net.ONE
+    raw_net = solo5_sdk.build(ROOT / "bench" / "guests" / "bench_raw.c", work / "x-rawnet.hvt", one_nic, flags)
+    ns = t_net.Netns()
+    try:
+        ns.tap("tap0", "10.0.0.1/24")
+        frames = n // 4
+        args = ["--mem=64", "--net:service0=tap0", "--", raw_net, "--solo5:quiet", "netwrite", frames, 1514]
+        r = paired({"ukvm": [*ukvm, *args], "up": [*up, *args]}, "netwrite_ns", ns=ns)
+        row("exits", "raw NET_WRITE, 1514 B frames/s", frames / (r["ukvm"] / 1e9), "/s", frames / (r["up"] / 1e9),
+            "solo5-hvt, same binary", "target >= 1.0x")
+    finally:
+        ns.close()
+    net = solo5_sdk.build(ROOT / "tests" / "guests" / "test_net.c", work / "x-net.hvt", one_nic, flags)
+    count = 5000 if quick else 20000
+    rates = {}
+    for name, cmd in (("ukvm", [*ukvm, "--mem=32", "--net-ring=off"]), ("up", [*up, "--mem=32"])):
+        rates[name] = net_figures(net, None, "off", count, udp_sizes=(), tender_cmd=cmd)["flood"]
+    row("exits", "ping flood round trips/s (ukvm: hypercalls)", rates["ukvm"], "/s", rates["up"],
+        "solo5-hvt, same binary (its ring)", "target >= 1.0x")
+
+    hello = solo5_sdk.UPSTREAM / "tests" / "test_hello.hvt"
+    rss = {name: statistics.median(child_rss(floor, [*cmd, "--mem=64", hello, "Hi"]) for _ in range(5))
+           for name, cmd in (("ukvm", [LAUNCHER]), ("up", up))}
+    interp_rss = statistics.median(child_rss(floor, [sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(5))
+    row("exits", "tender peak RSS, Solo5 hello", rss["ukvm"] / 1024, "MiB", rss["up"] / 1024, "solo5-hvt")
+    row("exits", "same", rss["ukvm"] / 1024, "MiB", interp_rss / 1024, "interpreter alone", "target <= +2 MiB")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5")
+    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
@@ -419,7 +516,8 @@ def main() -> int:
                     "block": lambda: bench_block(work, floor, args.quick),
                     "net": lambda: bench_net(work, floor, args.quick),
                     "cpl3": lambda: bench_cpl3(work, floor, args.quick),
-                    "solo5": lambda: bench_solo5(work, floor, args.quick)}
+                    "solo5": lambda: bench_solo5(work, floor, args.quick),
+                    "exits": lambda: bench_exits(work, floor, args.quick)}
         for name in args.only.split(","):
             sections[name]()
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": os.uname().release,

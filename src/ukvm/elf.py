@@ -38,10 +38,12 @@ HVT_ABI_TARGET = 1
 
 
 class LoadResult:
-    __slots__ = ("entry", "kernel_end")
+    """entry point; kernel_end as hvt defines it (loaded segments only); image_end: the end of
+    every PT_LOAD including file-less bss, which the guest will touch (memory.py uses it)."""
+    __slots__ = ("entry", "kernel_end", "image_end")
 
-    def __init__(self, entry: int, kernel_end: int):
-        self.entry, self.kernel_end = entry, kernel_end
+    def __init__(self, entry: int, kernel_end: int, image_end: int = 0):
+        self.entry, self.kernel_end, self.image_end = entry, kernel_end, image_end
 
 
 class ElfFile:
@@ -164,7 +166,10 @@ class ElfFile:
                              f"({entry} < {MIN_LOAD_ADDR} || {entry} >= {mem_size})")
         e_end = 0
         prev_vaddr = 0
+        image_end = 0
         for i, (p_type, p_flags, p_offset, p_vaddr, _pa, p_filesz, p_memsz, p_align) in enumerate(self.phdrs):
+            if p_type == PT_LOAD and MIN_LOAD_ADDR <= p_vaddr and p_vaddr + p_memsz <= mem_size:
+                image_end = max(image_end, p_vaddr + p_memsz)
             if p_type != PT_LOAD or p_filesz == 0:
                 continue
             where = f"phdr[{i}]"
@@ -210,7 +215,7 @@ class ElfFile:
                 prot = PROT_NONE
             if prot != PROT_READ | PROT_WRITE:
                 mem.protect(start, end, prot)
-        return LoadResult(entry=entry, kernel_end=e_end)
+        return LoadResult(entry=entry, kernel_end=e_end, image_end=max(image_end, e_end))
 
     def close(self) -> None:
         if self.fd >= 0:

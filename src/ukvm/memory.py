@@ -33,11 +33,6 @@ class GuestMemory:
                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
             raise KvmError(f"Error allocating guest memory: {os.strerror(e.errno)}") from None
-        # Huge pages speed up large guest buffers (block I/O) but round every touched region up to
-        # 2 MiB of RSS; the boot area, the image start and the stack (first and last 2 MiB) are all
-        # a small guest touches, so only the memory between them is advised.
-        if size > 2 * HUGE_PAGE:
-            self._mm.madvise(mmap.MADV_HUGEPAGE, HUGE_PAGE, size - 2 * HUGE_PAGE)
         # SAFETY: the pin is dropped at once; the address stays valid while self._mm is open.
         pin = ctypes.c_char.from_buffer(self._mm)
         self.host_addr = ctypes.addressof(pin)
@@ -46,6 +41,23 @@ class GuestMemory:
         self.limit = size
         self._readonly: list[tuple[int, int]] = []
         self._noaccess: list[tuple[int, int]] = []
+        # Fast paths (docs/performance.md): at and above these floors no protected range starts,
+        # so a range there needs only the bound check. Hypercall structs and buffers live on the
+        # guest's stack and heap, above every loaded segment.
+        self._read_floor = 0
+        self._write_floor = 0
+        self._mv = memoryview(self._mm)     # one export, sliced per access; released in close()
+
+    def advise_huge_pages(self, image_end: int) -> None:
+        """Huge pages speed up large guest buffers (block I/O) but round every touched 2 MiB
+        region up to 2 MiB of RSS. A small guest touches the boot area and the image start
+        (first 2 MiB), its stack (last 2 MiB) and its last globals at the image's end, which
+        often sit right after large static buffers it may never use (Solo5's bindings: 2 MiB of
+        ring staging buffers, then their variables). Those regions stay small pages."""
+        lo = (image_end - 1) // HUGE_PAGE * HUGE_PAGE if image_end else 0
+        for start, end in ((HUGE_PAGE, lo), (max(HUGE_PAGE, lo + HUGE_PAGE), self.size - HUGE_PAGE)):
+            if end > start:
+                self._mm.madvise(mmap.MADV_HUGEPAGE, start, end - start)
 
     # --- checks -------------------------------------------------------------------------------
     def check(self, gpa: int, size: int) -> None:
@@ -57,6 +69,8 @@ class GuestMemory:
                 raise GuestMemoryError(gpa, size)
 
     def check_writable(self, gpa: int, size: int) -> None:
+        if self._write_floor <= gpa < self.limit and size <= self.limit - gpa:
+            return
         self.check(gpa, size)
         for start, end in self._readonly:
             if gpa < end and gpa + size > start:
@@ -66,25 +80,31 @@ class GuestMemory:
         return any(start <= gpa < end for start, end in self._readonly)
 
     # --- guest-initiated access (checked against limit and protections) ------------------------
+    # Each method tests the common case inline (above the floor, inside the limit) and falls back
+    # to the full check; gpa and size are never negative here (they come from unsigned fields).
     def view(self, gpa: int, size: int) -> memoryview:
-        """A read-only window on guest bytes; keep it short-lived (it pins the mapping)."""
-        self.check(gpa, size)
-        return memoryview(self._mm)[gpa:gpa + size].toreadonly()
+        """A window on guest bytes to read (callers never write through it); keep it short-lived."""
+        if not (self._read_floor <= gpa < self.limit and size <= self.limit - gpa):
+            self.check(gpa, size)
+        return self._mv[gpa:gpa + size]
 
     def writable_view(self, gpa: int, size: int) -> memoryview:
-        self.check_writable(gpa, size)
-        return memoryview(self._mm)[gpa:gpa + size]
+        if not (self._write_floor <= gpa < self.limit and size <= self.limit - gpa):
+            self.check_writable(gpa, size)
+        return self._mv[gpa:gpa + size]
 
     def read(self, gpa: int, size: int) -> bytes:
         self.check(gpa, size)
         return self._mm[gpa:gpa + size]
 
     def unpack(self, st: struct.Struct, gpa: int) -> tuple:
-        self.check(gpa, st.size)
+        if not (self._read_floor <= gpa < self.limit and st.size <= self.limit - gpa):
+            self.check(gpa, st.size)
         return st.unpack_from(self._mm, gpa)
 
     def pack(self, st: struct.Struct, gpa: int, *values) -> None:
-        self.check_writable(gpa, st.size)
+        if not (self._write_floor <= gpa < self.limit and st.size <= self.limit - gpa):
+            self.check_writable(gpa, st.size)
         st.pack_into(self._mm, gpa, *values)
 
     # --- tender-initiated set-up (checked against the whole allocation only) -------------------
@@ -133,9 +153,13 @@ class GuestMemory:
             raise KvmError(f"mprotect failed: {os.strerror(ctypes.get_errno())}")
         if prot == PROT_NONE:
             self._noaccess.append((start, end))
+            self._read_floor = max(self._read_floor, end)
         elif not prot & PROT_WRITE:
             self._readonly.append((start, end))
+        if not prot & PROT_WRITE:
+            self._write_floor = max(self._write_floor, end)
 
     def close(self) -> None:
         if not self._mm.closed:
+            self._mv.release()
             self._mm.close()

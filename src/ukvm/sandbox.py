@@ -84,6 +84,7 @@ def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fd
     p.op(LD_W_ABS, OFF_ARCH)
     p.op(JEQ_K, AUDIT_ARCH_X86_64, 0, "kill")
     p.op(LD_W_ABS, OFF_NR)
+    p.op(JEQ_K, NR["ioctl"], "ioctl", 0)        # first: KVM_RUN is the call made once per exit
     for name in UNFILTERED:
         p.op(JEQ_K, NR[name], "allow", 0)
 
@@ -95,7 +96,6 @@ def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fd
     rules = [fd_rule(["read", "readv"], read_fds, "fd_read"),
              fd_rule(["write"], write_fds, "fd_write"),
              fd_rule(["preadv2", "pwritev2", "fsync"], block_fds, "fd_block")]
-    p.op(JEQ_K, NR["ioctl"], "ioctl", 0)
     p.op(JEQ_K, NR["mmap"], "mmap", "kill")
     for label, fds in rules:
         p.label(label)

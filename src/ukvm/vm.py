@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import _signal as signal  # the C module behind `signal`, without its enum import
 import _thread
 import sys
@@ -25,6 +26,12 @@ from ukvm.modules.core import CoreModule
 from ukvm.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
 
 GUEST_CPL_CHOICES = ("auto", "0", "3")
+# kvm_run from exit_reason (@8) through the I/O exit (@32): reason, direction, size, port, count,
+# data_offset, in one unpack.
+EXIT_IO = struct.Struct("<I20xBBHIQ")
+EXIT_IO_OFFSET = abi.KVM_RUN_EXIT_REASON_OFFSET
+FIRST_HANDLED_PORT = hvt.HVT_HYPERCALL_PIO_BASE + 1
+HALT_PORT = hvt.HVT_HYPERCALL_PIO_BASE + hvt.HVT_HYPERCALL_HALT
 
 
 def _stderr_warn(message: str) -> None:
@@ -126,6 +133,7 @@ class VM:
         self.vmfd.set_user_memory_region(0, 0, size, self.mem.host_addr)
 
         loaded = self.kernel.elf.load(self.mem)
+        self.mem.advise_huge_pages(loaded.image_end)
         if with_net:
             # The top 2 MiB hold the network ring, outside what hypercall pointers may reach.
             self.mem.limit = size - hvt.HVT_RING_AREA
@@ -193,13 +201,18 @@ class VM:
                 signal.signal(signal.SIGUSR1, old_usr1)
 
     def _run_loop(self) -> int:
+        # The hot path: one ioctl, one unpack of the exit, one list index, the handler. Every name
+        # is a local: on kvm_pvm each KVM_RUN round trip gets dearer with every cache line and
+        # page the tender touches between exits (docs/performance.md).
         run_area = self.vcpu.run
-        run_once = self.vcpu.run_once
+        ioctl, fd, kvm_run = self.vcpu.run_ioctl, self.vcpu.fd, abi.KVM_RUN
+        unpack_exit, unpack_gpa = EXIT_IO.unpack_from, hvt.U32.unpack_from
         table = self.hypercalls
+        handlers = table.handlers
         is_readonly = self.mem.is_readonly
         while True:
             try:
-                run_once()
+                ioctl(fd, kvm_run, 0)
             except InterruptedError:
                 if self._thread_error is not None:
                     raise self._thread_error from None
@@ -208,7 +221,14 @@ class VM:
                 if e.errno == errno.EFAULT:
                     raise translation_fault(self.rip()) from None
                 raise KvmError(f"KVM: ioctl (RUN) failed: {os.strerror(e.errno)}") from None
-            halt_gpa = handle_exit(run_area, table, self.rip, is_readonly)
+            reason, direction, size, port, _count, data_offset = unpack_exit(run_area, EXIT_IO_OFFSET)
+            if reason == abi.KVM_EXIT_IO and direction == abi.KVM_EXIT_IO_OUT and size == 4 \
+                    and FIRST_HANDLED_PORT <= port < HALT_PORT:
+                handler = handlers[port - hvt.HVT_HYPERCALL_PIO_BASE]
+                if handler is not None:
+                    handler(unpack_gpa(run_area, data_offset)[0])
+                    continue
+            halt_gpa = handle_exit(run_area, table, self.rip, is_readonly)   # HALT and the rest
             if halt_gpa is not None:
                 return self._halt(halt_gpa)
 

@@ -143,48 +143,51 @@ class NetModule(Module):
             self.ring = start_ring(vm, self.by_handle)
 
     # --- hypercalls ----------------------------------------------------------------------------
-    def _decode(self, gpa: int) -> tuple[NetDevice, int, int] | None:
+    # One frame per exit: the common path is a few locals and one system call (structs bound as
+    # default arguments; docs/performance.md).
+    def _decode(self, gpa: int, _arg=hvt.hvt_hc_net_io) -> tuple[NetDevice, int, int] | None:
         """(device, data, len) of a NET_READ/NET_WRITE, or None after storing EINVAL."""
-        handle, data, length, _ret = self.mem.unpack(hvt.hvt_hc_net_io, gpa)
-        self.mem.check_writable(gpa, hvt.hvt_hc_net_io.size)
+        mem = self.mem
+        handle, data, length, _ret = mem.unpack(_arg, gpa)
+        mem.check_writable(gpa, _arg.size)
         dev = self.by_handle.get(handle & 0xFFFFFFFF)
         if dev is None:
-            self.mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_EINVAL)
+            mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_EINVAL)
             return None
         return dev, data, length
 
-    def hvt_hc_net_write(self, gpa: int) -> None:
-        mem = self.mem
+    def hvt_hc_net_write(self, gpa: int, _ret=hvt.U32, _write=os.write) -> None:
         req = self._decode(gpa)
         if req is None:
             return
         dev, data, length = req
+        mem = self.mem
         with mem.view(data, length) as frame:
             try:
-                n = os.write(dev.fd, frame)
+                n = _write(dev.fd, frame)
             except OSError as e:
                 raise HostIOError(f"Fatal error when writing: {os.strerror(e.errno)}", with_prog=False) from None
         if n != length:
             raise HostIOError(f"Fatal error: wrote only {n} out of {length} bytes", with_prog=False)
-        mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_OK)
+        mem.pack(_ret, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_OK)
 
-    def hvt_hc_net_read(self, gpa: int) -> None:
-        mem = self.mem
+    def hvt_hc_net_read(self, gpa: int, _ret=hvt.U32, _len_ret=hvt.HVT_NET_LEN_RET, _readv=os.readv) -> None:
         req = self._decode(gpa)
         if req is None:
             return
         dev, data, length = req
+        mem = self.mem
         with mem.writable_view(data, length) as buf:
             try:
-                n = os.readv(dev.fd, [buf])
+                n = _readv(dev.fd, [buf])
             except BlockingIOError:
                 n = 0
             except OSError as e:
                 raise HostIOError(f"Fatal error when reading: {os.strerror(e.errno)}", with_prog=False) from None
         if n == 0:
-            mem.pack(hvt.U32, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_AGAIN)
+            mem.pack(_ret, gpa + hvt.HVT_NET_RET_OFFSET, hvt.SOLO5_R_AGAIN)
         else:
-            mem.pack(hvt.HVT_NET_LEN_RET, gpa + 16, n, hvt.SOLO5_R_OK)
+            mem.pack(_len_ret, gpa + 16, n, hvt.SOLO5_R_OK)
 
     # --- teardown ------------------------------------------------------------------------------
     def on_halt(self, vm: VM) -> None:
