@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ukvm {__version__} (hvt ABI version {hvt.HVT_ABI_VERSION})")
         return 0
     if cmd == "run":
-        return run_main(rest, "ukvm")
+        exit_now(run_main(rest, "ukvm"))
     if cmd == "build":
         from ukvm.build import build_main
         return build_main(rest)
@@ -178,4 +178,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def hvt_main() -> int:
     """Entry point of `ukvm-hvt`: exactly `ukvm run`."""
-    return run_main(sys.argv[1:], _prog())
+    exit_now(run_main(sys.argv[1:], _prog()))
+
+
+def exit_now(status: int) -> None:
+    """End the tender once the run is over: everything it owns (the VM, block devices flushed and
+    closed) was released by run_main, so only the standard streams need flushing. Skipping the
+    interpreter's teardown of every module saves about 3.5 ms per run (docs/performance.md)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
