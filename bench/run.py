@@ -28,6 +28,15 @@ GUEST_CFLAGS = "--cflags=-mgeneral-regs-only"
 ROWS: list[dict] = []
 
 
+STORAGE = json.dumps({"type": "solo5.manifest", "version": 1, "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]})
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
 def row(section, name, value, unit, floor=None, floor_name="", note=""):
     ratio = (value / floor) if floor else None
     ROWS.append({"section": section, "name": name, "value": value, "unit": unit, "floor": floor,
@@ -185,12 +194,8 @@ def bench_hypercall(work, floor, quick):
 def bench_block(work, floor, quick):
     # The default build (CPL3 on ukvm): per-request guest work is native, so the figures show the
     # tender and the exit; the cpl3 section has the --cpl0 build's 1-block figure for comparison.
-    guest = build(work, "bench_block", json.dumps({"type": "solo5.manifest", "version": 1,
-                                                    "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]}),
-                  cpl0=False)
-    img = work / "bench.img"
-    with open(img, "wb") as f:
-        f.truncate(256 << 20)
+    guest = build(work, "bench_block", STORAGE, cpl0=False)
+    img = sparse_file(work / "bench.img", 256 << 20)
     sh(floor, "pwrite", img, 8 << 20, 256)    # allocate the file's pages before anything is timed
     cases = [(512, 8 if quick else 32), (8 << 20, 1024 if quick else 4096)]
     reps = 3 if quick else 5      # page-cache copies vary a lot run to run here: medians of both sides
@@ -309,12 +314,9 @@ def bench_cpl3(work, floor, quick):
         _, _, _, out = in_process(build(work, "bench_compute", cpl0=cpl0), ["--solo5:quiet", str(mb)],
                                   mem=(mb + 16) << 20)
         res["compute"] = mb / (guest_values(out)["compute_ns"] / 1e9)
-        img = work / "cpl.img"
-        with open(img, "wb") as f:
-            f.truncate(64 << 20)
+        img = sparse_file(work / "cpl.img", 64 << 20)
         blk_mb = 4 if cpl0 else 32
-        blk = build(work, "bench_block", json.dumps({"type": "solo5.manifest", "version": 1, "devices": [
-            {"name": "storage", "type": "BLOCK_BASIC"}]}), cpl0=cpl0)
+        blk = build(work, "bench_block", STORAGE, cpl0=cpl0)
         _, _, _, out = in_process(blk, ["--solo5:quiet", "512", str(blk_mb)], mem=64 << 20, modules=with_storage(img))
         res["block"] = blk_mb / (guest_values(out)["write_ns"] / 1e9)
         net = build(work, "test_net", ONE, cpl0=cpl0)
@@ -376,12 +378,8 @@ def bench_solo5(work, floor, quick):
 
     res = {t: {} for t in tenders}
     hc, comp, priv = sdk("bench_hypercall"), sdk("bench_compute"), sdk("bench_priv")
-    storage = json.dumps({"type": "solo5.manifest", "version": 1,
-                          "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]})
-    blk = sdk("bench_block", storage)
-    img = work / "solo5.img"
-    with open(img, "wb") as f:
-        f.truncate(64 << 20)
+    blk = sdk("bench_block", STORAGE)
+    img = sparse_file(work / "solo5.img", 64 << 20)
     net, tx = sdk("test_net", ONE), sdk("bench_net_tx", ONE)
     for t in tenders:
         v = values(t, "--mem=64", hc, "--solo5:quiet", n)
@@ -459,12 +457,8 @@ def bench_exits(work, floor, quick):
     row("exits", "  of which inside KVM_RUN (guest + exit)", inside / exits * 1e9, "ns", c_exit, "C raw exit")
     row("exits", "  of which tender between exits", (total - inside) / exits * 1e9, "ns")
 
-    storage = json.dumps({"type": "solo5.manifest", "version": 1,
-                          "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]})
-    raw_blk = sdk("bench_raw", storage)
-    img = work / "exits.img"
-    with open(img, "wb") as f:
-        f.truncate(64 << 20)
+    raw_blk = sdk("bench_raw", STORAGE)
+    img = sparse_file(work / "exits.img", 64 << 20)
     mb = 64 if quick else 256
     for verb in ("write", "read"):
         args = ["--mem=64", f"--block:storage={img}", "--", raw_blk, "--solo5:quiet", "block", verb, 65536, mb]

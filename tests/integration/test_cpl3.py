@@ -99,3 +99,11 @@ def test_vectorised_code_runs_at_cpl3(guest, tmp_path, cflags):
         assert p0.returncode == 1 and "internal error exit: suberror=0x1" in p0.output
     else:
         assert p0.returncode == 0 and "SUCCESS" in p0.output
+
+
+def test_cpl0_build_runs_under_the_supervisor_when_asked(guest):
+    # A --cpl0 image has no CPL3 drop of its own: --x-guest-cpl=3 runs it under the supervisor,
+    # which emulates its start-up (lgdt, ltr, wrmsr, ...) and its `cli`.
+    p = run_hvt("--mem=8", "--x-guest-cpl=3", guest("test_cpl"), "priv")
+    assert p.returncode == 0, p.output
+    assert "CPL 3\n" in p.output and "privileged instruction allowed" in p.output
