@@ -19,7 +19,7 @@ from ukvm.cache import cache_dir
 from ukvm.errors import GuestFault, UkvmError
 from ukvm.kvm import abi
 from ukvm.memory import GuestMemory
-from ukvm.vcpu import PTE_P, PTE_RW, X86_RFLAGS_RESERVED, initial_sregs
+from ukvm.vcpu import PTE_P, PTE_RW, initial_sregs
 
 SRC_DIR = os.path.join(os.path.dirname(__file__), "runtime", "supervisor")
 SOURCES = ("layout.h", "entry.S", "supervisor.c", "supervisor.lds")
@@ -147,8 +147,9 @@ def _tss_descriptor() -> tuple[int, int]:
     return lo, base >> 32
 
 
-def install(mem: GuestMemory, vcpu, code: bytes) -> None:
-    """Turn hvt's entry state (already on the vCPU and in memory) into the supervised one."""
+def install(mem: GuestMemory, code: bytes) -> abi.kvm_sregs:
+    """Turn hvt's entry state in memory (page tables, GDT) into the supervised one; returns the
+    special registers the vCPU starts with (general registers stay hvt's)."""
     mem.host_write(SV_BASE, code)
     mem.host_write(hvt.HVT_GDT_BASE, struct.pack("<7Q", *GDT, *_tss_descriptor()))
     mem.host_write(SV_IDT, b"".join(_gate(v) for v in range(VECTORS)))
@@ -173,10 +174,7 @@ def install(mem: GuestMemory, vcpu, code: bytes) -> None:
     sregs.gdt.limit = len(GDT) * 8 + 16 - 1
     sregs.idt.base = SV_IDT
     sregs.idt.limit = VECTORS * 16 - 1
-    vcpu.set_sregs(sregs)
-    regs = vcpu.get_regs()
-    regs.rflags = X86_RFLAGS_RESERVED
-    vcpu.set_regs(regs)
+    return sregs
 
 
 def state(mem: GuestMemory) -> dict[str, int]:

@@ -90,14 +90,16 @@ def initial_sregs() -> abi.kvm_sregs:
     return sregs
 
 
-def setup_vcpu(kvm: Kvm, vcpu: VcpuFd, entry: int, mem_limit: int, cpl3: bool = False) -> bool:
+def setup_vcpu(kvm: Kvm, vcpu: VcpuFd, entry: int, mem_limit: int, cpl3: bool = False,
+               sregs: abi.kvm_sregs | None = None) -> bool:
     """Put the vCPU at `entry` in 64-bit mode, stack just below `mem_limit`, boot info in RDI.
 
     With `cpl3`, also enable what code at CPL3 needs and KVM allows: CR4.FSGSBASE (TLS without
     wrmsr) and, if possible, CR4.OSXSAVE with XCR0 = x87|SSE|AVX. Returns whether CPL3 is usable
-    (FSGSBASE accepted); otherwise the state is exactly the hvt one."""
+    (FSGSBASE accepted); otherwise the state is exactly the hvt one, or `sregs` when given (the
+    supervisor's)."""
     vcpu.set_cpuid2(kvm.supported_cpuid())
-    sregs = initial_sregs()
+    sregs = sregs or initial_sregs()
     usable = False
     if cpl3:
         for extra in (X86_CR4_FSGSBASE | X86_CR4_OSXSAVE, X86_CR4_FSGSBASE):

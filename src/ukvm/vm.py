@@ -140,17 +140,17 @@ class VM:
         self.ring_gpa = 0
         self.host_features = 0
         runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, self.guest_cpl_choice)
-        code = None
         if self.supervised:
             from ukvm import supervisor
             code = supervisor.image()
         write_page_tables(self.mem, user=runtime_cpl3 or self.supervised)
         write_gdt(self.mem)
-        if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=runtime_cpl3):
-            self.host_features |= hvt.UKVM_FEATURE_CPL3
+        sregs = None
         if self.supervised:
-            supervisor.install(self.mem, self.vcpu, code)
+            sregs = supervisor.install(self.mem, code)
             self.hypercalls.on_report_port = lambda: supervisor.report_error(self.mem)
+        if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=runtime_cpl3, sregs=sregs):
+            self.host_features |= hvt.UKVM_FEATURE_CPL3
         # The CPL the guest's code runs at: 3 under the supervisor or after the runtime's drop.
         self.guest_cpl = 3 if self.supervised or self.host_features & hvt.UKVM_FEATURE_CPL3 else 0
         tsc_hz = self.vcpu.tsc_khz() * 1000

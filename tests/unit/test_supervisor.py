@@ -43,27 +43,15 @@ def test_gates_point_at_the_stubs_with_cpl0_selector():
 
 def test_install_state_and_page_tables():
     mem = GuestMemory(8 * MIB)
-
-    class FakeVcpu:
-        def set_sregs(self, s):
-            self.sregs = s
-
-        def get_regs(self):
-            from ukvm.kvm import abi
-            return abi.kvm_regs(rip=0x100000)
-
-        def set_regs(self, r):
-            self.regs = r
-    vcpu = FakeVcpu()
-    sv.install(mem, vcpu, b"\x90" * 64)
+    sregs = sv.install(mem, b"\x90" * 64)
+    assert mem.host_read(sv.SV_BASE, 64) == b"\x90" * 64
     st = sv.state(mem)
     assert (st["mem_end"], st["read_min"], st["write_min"]) == (8 * MIB, 0x10000, 0x100000)
     assert (st["cs"], st["ss"], st["cr0"], st["cr4"], st["gdt_base"], st["gdt_limit"]) == (8, 0x10, 0x80010021, 0x620, 0x1000, 23)
     pt0 = struct.unpack("<512Q", mem.host_read(hvt.HVT_PT0_BASE, 4096))
     assert pt0[1] == 0x1003 and all(pt0[i] == (i << 12) | 3 for i in range(9, 16))   # supervisor only
-    assert vcpu.sregs.cs.selector == 0x0B and vcpu.sregs.cs.dpl == 3 and vcpu.sregs.ss.selector == 0x13
-    assert vcpu.sregs.idt.base == sv.SV_IDT and vcpu.sregs.tr.base == sv.SV_TSS
-    assert vcpu.regs.rip == 0x100000 and vcpu.regs.rflags == 2
+    assert sregs.cs.selector == 0x0B and sregs.cs.dpl == 3 and sregs.ss.selector == 0x13
+    assert sregs.idt.base == sv.SV_IDT and sregs.tr.base == sv.SV_TSS and sregs.cr4 == 0x620
     mem.close()
 
 

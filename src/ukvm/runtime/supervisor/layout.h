@@ -18,6 +18,9 @@
 #define SV_DF_STACK_TOP  0x10000  /* IST1: NMI, #DF, #MC */
 #define SV_REPORT_PORT   0x5fe    /* outl of a report reason; closed to CPL3 by the TSS bitmap */
 
+/* Field addresses the assembly needs (supervisor.c checks them against struct sv_state). */
+#define SV_STATE_N_EMULATED (SV_STATE + 24 * 8)
+
 /* Report reasons: the supervisor stops and the tender ends the run with the matching message. */
 #define SV_REPORT_SHUTDOWN    1   /* an exception could not be delivered, not even as #DF */
 #define SV_REPORT_HLT         2   /* the guest executed hlt */

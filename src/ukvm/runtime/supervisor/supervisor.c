@@ -26,6 +26,8 @@ struct frame {
 };
 
 #define ST ((struct sv_state *)SV_STATE)
+_Static_assert(SV_STATE + __builtin_offsetof(struct sv_state, n_emulated) == SV_STATE_N_EMULATED,
+               "layout.h: SV_STATE_N_EMULATED");
 
 #define RFLAGS_TF (1ULL << 8)
 #define RFLAGS_IF (1ULL << 9)
