@@ -86,3 +86,8 @@ def test_report_messages(reason, arg, message):
     mem.host_write(sv.SV_STATE, sv.STATE.pack(*(st[f] for f in sv.STATE_FIELDS)))
     assert message in str(sv.report_error(mem))
     mem.close()
+
+
+def test_exit_dispatch_knows_the_report_port():
+    from ukvm import exits
+    assert exits.SV_REPORT_PORT == sv.SV_REPORT_PORT
