@@ -41,7 +41,7 @@ SV_REPORT_UNSUPPORTED = 4
 SV_REPORT_INTERNAL = 5
 
 STATE_FIELDS = (
-    "mem_end", "read_min", "write_min", "cr0", "cr2", "cr3", "cr4",
+    "mem_end", "read_min", "write_min", "cr0", "cr2", "cr3", "cr4", "cr8",
     "gdt_base", "gdt_limit", "idt_base", "idt_limit", "tr", "tss_base", "ldtr", "cs", "ss",
     "vif", "kernel_gs_base",
     "report_reason", "report_vector", "report_ec", "report_rip", "report_arg", "report_insn",

@@ -38,9 +38,67 @@ static int cpl(void)
     return cs & 3;
 }
 
+/* "fuzz CASE A B C D": one privileged or odd instruction with the guest's registers (and, for
+ * the returns, its stack) holding A-D; the test feeds random values and checks the run ends
+ * cleanly whatever the supervisor makes of it. */
+#define R(insn) __asm__ __volatile__(insn : : "a"(a), "c"(b), "d"(c), "b"(d), "S"(a ^ b), "D"(c ^ d) : "memory")
+static void fuzz_case(uint64_t n, uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    switch (n) {
+    case 0: R("wrmsr"); break;
+    case 1: R("rdmsr"); break;
+    case 2: R("lgdt (%%rbx)"); break;
+    case 3: R("lidt (%%rbx)"); break;
+    case 4: R("ltr %%ax"); break;
+    case 5: R("lldt %%ax"); break;
+    case 6: R("mov %%eax, %%ss"); break;
+    case 7: R("mov %%eax, %%ds"); break;
+    case 8: R("mov %%eax, %%fs"); break;
+    case 9: R("mov %%eax, %%gs"); break;
+    case 10: R("mov %%rax, %%cr0"); break;
+    case 11: R("mov %%rax, %%cr3"); break;
+    case 12: R("mov %%rax, %%cr4"); break;
+    case 13: R("mov %%rax, %%cr2"); break;
+    case 14: R("mov %%cr8, %%rax"); break;
+    case 15: R("mov %%rax, %%dr7"); break;
+    case 16: R("invlpg (%%rbx)"); break;
+    case 17: R("wbinvd"); break;
+    case 18: R("cli; sti"); break;
+    case 19: R("in (%%dx), %%al"); break;
+    case 20: R("out %%al, (%%dx)"); break;
+    case 21: R("outsb"); break;
+    case 22: R("int $0x80"); break;
+    case 23: R("pushq %%rax; pushq %%rcx; pushq %%rdx; pushq %%rbx; pushq %%rsi; iretq"); break;
+    case 24: R("pushq %%rax; pushq %%rcx; lretq"); break;
+    case 25: R("pushq %%rax; pushq %%rcx; lret"); break;
+    case 26: R("pushq %%rax; pushq %%rcx; pushq %%rdx; pushq %%rbx; pushq %%rsi; iret"); break;
+    case 27: R("swapgs"); break;
+    case 28: R("lgdt %%fs:(%%rbx)"); break;
+    case 29: R("mov (%%rbx), %%ss"); break;
+    case 30: R("ltr (%%rbx)"); break;
+    case 31: R("lidt 8(%%rbx,%%rsi,4)"); break;
+    case 32: R("xsetbv"); break;
+    case 33: R("rdpmc"); break;
+    case 34: R("clts"); break;
+    case 35: __asm__ __volatile__("mov %%cr3, %%r15" : : : "r15", "memory"); break;
+    case 36: R("pushq %%rax; pushq %%rcx; lret $8"); break;
+    case 37: R("sysret"); break;
+    case 38: R("int $3; int $0x40"); break;
+    case 39: R("lidt (%%rbx); ud2"); break;
+    default: break;
+    }
+}
+
 int solo5_app_main(const struct solo5_start_info *si)
 {
     const char *cmd = si->cmdline;
+    if (cmd[0] == 'f' && cmd[1] == 'u') {              /* fuzz CASE A B C D */
+        const char *p = cmd + 4;
+        uint64_t n = next_u64(&p), a = next_u64(&p), b = next_u64(&p), c = next_u64(&p), d = next_u64(&p);
+        fuzz_case(n, a, b, c, d);
+        puts("survived\n");
+        return SOLO5_EXIT_SUCCESS;
+    }
     puts(cpl() == 3 ? "CPL 3\n" : "CPL 0\n");
     if (!t_strcmp(cmd, "idt-into-supervisor")) {
         /* An IDT over the supervisor's pages: delivering any exception must fail cleanly. */

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import solo5_sdk
 from conftest import GUESTS, ON_PVM, expect_fpu_result, needs_kvm, run_hvt
@@ -309,3 +311,23 @@ def test_net_mtu(cpl, ns):
                "--", UP / "test_net_mtu.hvt", timeout=60)
     out = p.stdout.decode()
     assert p.returncode == 0 and "MTU is 9000" in out and "SUCCESS" in out, out
+
+
+INTERESTING = [0, 8, 0x1000, 0x9000, 0xC000, 0xC800, 0xE800, 0x10000, 0x100000, 0x3FFFFF0,
+               0xC0000100, 0xC0000101, 0xC0000102, 0x2000, 0x10, 0x13, 0x28, 0x600, 0x5FE,
+               2**32 - 1, 2**47, 2**63, 2**64 - 1]
+REGISTER = st.one_of(st.sampled_from(INTERESTING), st.integers(0, 2**64 - 1))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.integers(0, 39), values=st.tuples(REGISTER, REGISTER, REGISTER, REGISTER))
+def test_supervisor_survives_hostile_privileged_instructions(sdk_guest, case, values):
+    # One of 40 privileged or odd instructions (test_supervisor.c, `fuzz`) with random registers
+    # and stack: whatever the supervisor does, the run ends on its own with a guest status or one
+    # tender error line, never an internal fault of the supervisor, a hang or a traceback.
+    p = run("3", sdk_guest, "fuzz", case, *values, timeout=30)
+    assert p.returncode in (0, 1, 255), p.output
+    assert "internal fault" not in p.output and "unknown report" not in p.output
+    assert "Traceback" not in p.output
+    if p.returncode == 1:
+        assert p.output.rstrip().splitlines()[-1].startswith("ukvm: "), p.output

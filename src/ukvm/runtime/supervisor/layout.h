@@ -19,7 +19,7 @@
 #define SV_REPORT_PORT   0x5fe    /* outl of a report reason; closed to CPL3 by the TSS bitmap */
 
 /* Field addresses the assembly needs (supervisor.c checks them against struct sv_state). */
-#define SV_STATE_N_EMULATED (SV_STATE + 24 * 8)
+#define SV_STATE_N_EMULATED (SV_STATE + 25 * 8)
 
 /* Report reasons: the supervisor stops and the tender ends the run with the matching message. */
 #define SV_REPORT_SHUTDOWN    1   /* an exception could not be delivered, not even as #DF */
@@ -38,7 +38,7 @@ struct sv_state {
     uint64_t read_min;         /* lowest guest address the guest may read (boot info) */
     uint64_t write_min;        /* lowest guest address the guest may write */
     /* What the guest believes about its CPU (hvt's entry state, then what it loaded). */
-    uint64_t cr0, cr2, cr3, cr4;
+    uint64_t cr0, cr2, cr3, cr4, cr8;
     uint64_t gdt_base, gdt_limit, idt_base, idt_limit;
     uint64_t tr, tss_base, ldtr;
     uint64_t cs, ss;

@@ -349,6 +349,7 @@ static u64 *control_register(unsigned n)
     case 2: return &ST->cr2;
     case 3: return &ST->cr3;
     case 4: return &ST->cr4;
+    case 8: return &ST->cr8;
     }
     return 0;
 }
@@ -493,8 +494,22 @@ static void general_protection(struct frame *f)
     }
     case 0x01: {                                                          /* lgdt, lidt, invlpg */
         u64 addr;
-        if (!modrm(&in) || in.mod == 3)
+        if (!modrm(&in))
+            goto reflect;
+        if (in.mod == 3) {
+            if (in.reg == 7 && (in.rm & 7) == 0) {                        /* swapgs */
+                u64 gs = rdmsr(MSR_GS_BASE);
+                wrmsr(MSR_GS_BASE, ST->kernel_gs_base);
+                ST->kernel_gs_base = gs;
+                done(f, &in);
+                return;
+            }
+            if (in.reg == 2 && (in.rm & 7) == 1) {                        /* xsetbv: CR4.OSXSAVE is clear */
+                deliver(f, VEC_UD, NO_EC, f->rip);
+                return;
+            }
             goto other;
+        }
         unsigned kind = in.reg & 7;
         if (kind != 2 && kind != 3 && kind != 7)
             goto reflect;
@@ -570,24 +585,6 @@ reflect:
     deliver(f, VEC_GP, f->ec, f->rip);
 }
 
-/* #UD at CPL3: swapgs is privileged that way; everything else is the guest's own #UD. */
-static void invalid_opcode(struct frame *f)
-{
-    struct insn in;
-    u8 op;
-    fetch(f, &in);
-    if (prefixes(&in, &op) && op == 0x0f && in.len - in.i >= 2 && in.b[in.i] == 0x01 &&
-        in.b[in.i + 1] == 0xf8) {
-        in.i += 2;
-        u64 gs = rdmsr(MSR_GS_BASE);
-        wrmsr(MSR_GS_BASE, ST->kernel_gs_base);
-        ST->kernel_gs_base = gs;
-        done(f, &in);
-        return;
-    }
-    deliver(f, VEC_UD, NO_EC, f->rip);
-}
-
 void sv_trap(struct frame *f)
 {
     if ((f->cs & 3) == 0) {
@@ -598,9 +595,6 @@ void sv_trap(struct frame *f)
     switch (f->vector) {
     case VEC_GP:
         general_protection(f);
-        return;
-    case VEC_UD:
-        invalid_opcode(f);
         return;
     case VEC_PF: {
         u64 cr2;
