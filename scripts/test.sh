@@ -8,6 +8,7 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v ld >/dev/null || need+=(binutils)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v gdb >/dev/null || need+=(gdb)
 # solo5-hvt (../shared/solo5-v0.12.1, the reference the conformance tests compare with) links it.
 [ -e /lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || need+=(libseccomp2)
 if [ ${#need[@]} -gt 0 ]; then

@@ -29,7 +29,7 @@ LIBC_ARCHIVE = "libukvmc.a"
 # never saves vector state: general registers only.
 RUNTIME_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-mgeneral-regs-only",
                   "-mno-red-zone", "-fno-stack-protector", "-fno-builtin",
-                  "-fno-tree-loop-distribute-patterns", "-fno-asynchronous-unwind-tables"]
+                  "-fno-tree-loop-distribute-patterns"]    # unwind tables kept: gdb walks core dumps
 APP_DEFAULT_CFLAGS = ["-O2", "-g"]
 EXPORTED = ["solo5_*", "_start*", "__stack_chk_guard", "__stack_chk_fail"]
 
@@ -73,6 +73,7 @@ def runtime_dir() -> Path:
             h.update(str(path.relative_to(RUNTIME_DIR)).encode())
             h.update(path.read_bytes())
     h.update(run_tool([compiler(), "--version"]).encode())
+    h.update(" ".join(RUNTIME_CFLAGS).encode())
     out = Path(cache_dir()) / f"runtime-{h.hexdigest()[:16]}"
     if (out / RUNTIME_OBJ).exists() and (out / LIBC_ARCHIVE).exists():
         return out

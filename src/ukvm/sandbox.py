@@ -27,7 +27,9 @@ NR_SECCOMP = 317
 NR = {"read": 0, "write": 1, "close": 3, "mmap": 9, "munmap": 11, "brk": 12, "rt_sigaction": 13,
       "rt_sigprocmask": 14, "rt_sigreturn": 15, "ioctl": 16, "readv": 19, "madvise": 28, "getpid": 39,
       "exit": 60, "fsync": 74, "futex": 202, "clock_nanosleep": 230, "exit_group": 231, "epoll_wait": 232,
-      "tgkill": 234, "pselect6": 270, "preadv2": 327, "pwritev2": 328}
+      "tgkill": 234, "pselect6": 270, "preadv2": 327, "pwritev2": 328, "pwrite64": 18, "openat": 257}
+# --dumpcore: the only open the sandbox allows (modules/dumpcore.py creates the core this way).
+CORE_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 # Allowed without argument checks, and why (docs/security.md has the full table).
 UNFILTERED = [
@@ -78,8 +80,13 @@ class _Program:
         return bytes(out)
 
 
-def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fds: set[int]) -> bytes:
-    """The filter for a tender whose descriptors are known; see the module docstring."""
+def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fds: set[int],
+                 dump_dirfd: int | None = None, open_fds: set[int] = frozenset()) -> bytes:
+    """The filter for a tender whose descriptors are known; see the module docstring.
+
+    With `dump_dirfd` (--dumpcore), also: openat in that directory with exactly the core file's
+    flags; pwrite64 to descriptors that were not open when the filter was built (only that
+    openat can have made them); KVM_GET_SREGS on the vCPU (the registers for the core)."""
     p = _Program()
     p.op(LD_W_ABS, OFF_ARCH)
     p.op(JEQ_K, AUDIT_ARCH_X86_64, 0, "kill")
@@ -96,7 +103,21 @@ def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fd
     rules = [fd_rule(["read", "readv"], read_fds, "fd_read"),
              fd_rule(["write"], write_fds, "fd_write"),
              fd_rule(["preadv2", "pwritev2", "fsync"], block_fds, "fd_block")]
+    if dump_dirfd is not None:
+        p.op(JEQ_K, NR["openat"], "core_open", 0)
+        p.op(JEQ_K, NR["pwrite64"], "core_write", 0)
     p.op(JEQ_K, NR["mmap"], "mmap", "kill")
+    if dump_dirfd is not None:
+        p.label("core_open")
+        p.op(LD_W_ABS, _arg_lo(0))
+        p.op(JEQ_K, dump_dirfd, 0, "kill")
+        p.op(LD_W_ABS, _arg_lo(2))
+        p.op(JEQ_K, CORE_OPEN_FLAGS, "allow", "kill")
+        p.label("core_write")
+        p.op(LD_W_ABS, _arg_lo(0))
+        for fd in sorted(open_fds):
+            p.op(JEQ_K, fd, "kill", 0)
+        p.op(RET_K, SECCOMP_RET_ALLOW)
     for label, fds in rules:
         p.label(label)
         p.op(LD_W_ABS, _arg_lo(0))
@@ -108,6 +129,8 @@ def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fd
     p.op(JEQ_K, vcpu_fd, 0, "kill")
     p.op(LD_W_ABS, _arg_lo(1))
     p.op(JEQ_K, abi.KVM_RUN, "allow", 0)
+    if dump_dirfd is not None:
+        p.op(JEQ_K, abi.KVM_GET_SREGS, "allow", 0)
     p.op(JEQ_K, abi.KVM_GET_REGS, "allow", "kill")
     p.label("mmap")             # memory for the interpreter, never executable
     p.op(LD_W_ABS, _arg_lo(2))
@@ -147,9 +170,22 @@ def install(program: bytes) -> None:
         raise SandboxError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(ctypes.get_errno())}")
 
 
+def _open_fds() -> set[int]:
+    """The descriptors open now (the listing's own, closed again, is left out)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+            fds.add(int(name))
+        except OSError:
+            pass
+    return fds
+
+
 def sandbox_vm(vm) -> None:
     """Confine the process around `vm`, which must be fully set up (fds open, threads running)."""
     reads, writes, blocks = set(), {2}, set()      # stderr for the tender's own messages
+    dump_dirfd = None
     for module in vm.modules:
         for fd, kind in module.host_fds():
             if kind in ("read", "rw"):
@@ -158,4 +194,7 @@ def sandbox_vm(vm) -> None:
                 writes.add(fd)
             if kind == "block":
                 blocks.add(fd)
-    install(build_filter(vm.vcpu.fd, reads, writes, blocks))
+            if kind == "dumpdir":
+                dump_dirfd = fd
+    open_fds = _open_fds() if dump_dirfd is not None else set()
+    install(build_filter(vm.vcpu.fd, reads, writes, blocks, dump_dirfd, open_fds))

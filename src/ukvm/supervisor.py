@@ -45,7 +45,7 @@ STATE_FIELDS = (
     "gdt_base", "gdt_limit", "idt_base", "idt_limit", "tr", "tss_base", "ldtr", "cs", "ss",
     "vif", "kernel_gs_base",
     "report_reason", "report_vector", "report_ec", "report_rip", "report_arg", "report_insn",
-    "n_emulated", "n_delivered")
+    "n_emulated", "n_delivered", "report_frame")
 STATE = struct.Struct(f"<{len(STATE_FIELDS)}Q")
 
 # The real GDT (at hvt's GDT address). The guest's flat code and data sit at hvt's indices with
@@ -175,6 +175,26 @@ def install(mem: GuestMemory, code: bytes) -> abi.kvm_sregs:
     sregs.idt.base = SV_IDT
     sregs.idt.limit = VECTORS * 16 - 1
     return sregs
+
+
+# struct frame of supervisor.c: the guest's registers when it trapped (ModRM order, RSP slot
+# unused), vector, error code, then what the CPU pushed.
+FRAME_GPRS = ("rax", "rcx", "rdx", "rbx", None, "rbp", "rsi", "rdi",
+              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+FRAME = struct.Struct("<16Q2Q5Q")
+
+
+def reported_guest_regs(mem: GuestMemory) -> dict[str, int] | None:
+    """The guest's registers at the instruction the supervisor reported on, or None without a
+    report (for core dumps: the vCPU itself then sits in the supervisor)."""
+    st = state(mem)
+    frame = st["report_frame"]
+    if not st["report_reason"] or not SV_STACK_TOP - 0x2000 <= frame <= SV_DF_STACK_TOP - FRAME.size:
+        return None
+    values = FRAME.unpack(mem.host_read(frame, FRAME.size))
+    regs = {name: v for name, v in zip(FRAME_GPRS, values) if name}
+    regs.update(rip=values[18], eflags=values[20], rsp=values[21], cs=st["cs"], ss=st["ss"])
+    return regs
 
 
 def state(mem: GuestMemory) -> dict[str, int]:

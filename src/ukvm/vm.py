@@ -195,6 +195,10 @@ class VM:
         self._run_thread = _thread.get_ident() if in_main else None
         try:
             return self._run_loop()
+        except UkvmError:
+            for module in self.modules:
+                module.on_fatal(self)
+            raise
         finally:
             self._run_thread = None
             if in_main:
@@ -236,6 +240,7 @@ class VM:
         cookie, status = self.mem.unpack(hvt.hvt_hc_halt, gpa)
         if cookie:
             self.mem.check(cookie, hvt.HVT_HALT_COOKIE_MAX)
+        self.halt_status, self.halt_cookie = status, cookie
         for module in self.modules:
             module.on_halt(self)
         return status & 0xFF

@@ -4,7 +4,7 @@ import struct
 import pytest
 
 from ukvm.kvm import abi
-from ukvm.sandbox import (AUDIT_ARCH_X86_64, NR, SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS, UNFILTERED,
+from ukvm.sandbox import (AUDIT_ARCH_X86_64, CORE_OPEN_FLAGS, NR, SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS, UNFILTERED,
                           build_filter)
 
 VCPU, TAP, EFD, BLOCK = 7, 9, 11, 13
@@ -63,3 +63,32 @@ def test_foreign_architecture_is_killed(prog):
 
 def test_fewer_unfiltered_calls_than_upstream():
     assert len(UNFILTERED) < 18
+
+
+DUMPDIR, OPEN = 15, {0, 1, 2, VCPU, TAP, EFD, BLOCK, 15}
+
+
+@pytest.fixture(scope="module")
+def dump_prog():
+    return build_filter(VCPU, {TAP, EFD}, {1, 2, TAP, EFD}, {BLOCK}, dump_dirfd=DUMPDIR, open_fds=OPEN)
+
+
+@pytest.mark.parametrize("nr,args,allowed", [
+    (NR["openat"], (DUMPDIR, 0, CORE_OPEN_FLAGS), True),            # the core file, in DIR
+    (NR["openat"], (DUMPDIR, 0, CORE_OPEN_FLAGS & ~0o200), False),  # without O_EXCL
+    (NR["openat"], (DUMPDIR, 0, 0), False),                         # reading a file in DIR
+    (NR["openat"], (-100 & 0xFFFFFFFF, 0, CORE_OPEN_FLAGS), False),  # AT_FDCWD
+    (NR["pwrite64"], (16,), True),                                   # a descriptor made since
+    (NR["pwrite64"], (BLOCK,), False), (NR["pwrite64"], (1,), False), (NR["pwrite64"], (DUMPDIR,), False),
+    (NR["ioctl"], (VCPU, abi.KVM_GET_SREGS), True), (NR["ioctl"], (VCPU, abi.KVM_SET_SREGS), False),
+    (NR["ioctl"], (VCPU, abi.KVM_RUN), True), (NR["write"], (TAP,), True),
+])
+def test_dumpcore_rules(dump_prog, nr, args, allowed):
+    expected = SECCOMP_RET_ALLOW if allowed else SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(dump_prog, nr, tuple(args) + (0,) * (6 - len(args))) == expected
+
+
+def test_without_dumpcore_no_open_no_pwrite(prog):
+    assert run_bpf(prog, NR["openat"], (DUMPDIR, 0, CORE_OPEN_FLAGS, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(prog, NR["pwrite64"], (16, 0, 0, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(prog, NR["ioctl"], (VCPU, abi.KVM_GET_SREGS, 0, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS

@@ -42,7 +42,10 @@ class Module:
         """Register hypercalls and poll fds; called once guest memory is loaded."""
 
     def on_halt(self, vm: VM) -> None:
-        """Called when the guest halts, before the tender exits."""
+        """Called when the guest halts (vm.halt_status, vm.halt_cookie), before the tender exits."""
+
+    def on_fatal(self, vm: VM) -> None:
+        """Called when a fatal error ends a running guest, before it is reported."""
 
     def host_fds(self) -> list[tuple[int, str]]:
         """The descriptors the module uses while the guest runs: (fd, "read"|"write"|"rw"|"block");
@@ -57,8 +60,9 @@ def module_classes() -> list[type[Module]]:
     """The compiled-in modules, in the order options are offered to them and set up."""
     from ukvm.modules.block import BlockModule
     from ukvm.modules.core import CoreModule
+    from ukvm.modules.dumpcore import DumpcoreModule
     from ukvm.modules.net import NetModule
-    return [CoreModule, BlockModule, NetModule]
+    return [CoreModule, BlockModule, NetModule, DumpcoreModule]
 
 
 def default_modules(manifest: Manifest) -> list[Module]:

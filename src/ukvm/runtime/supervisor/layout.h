@@ -48,6 +48,7 @@ struct sv_state {
     uint64_t report_reason, report_vector, report_ec, report_rip, report_arg, report_insn;
     /* Statistics, read by tests and benchmarks. */
     uint64_t n_emulated, n_delivered;
+    uint64_t report_frame;     /* address of the guest's saved registers (struct frame) */
 };
 #endif
 #endif

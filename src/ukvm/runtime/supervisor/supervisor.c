@@ -19,7 +19,7 @@ typedef uint64_t u64;
 typedef u16 __attribute__((may_alias, aligned(1))) u16u;
 typedef u64 __attribute__((may_alias, aligned(1))) u64u;
 
-struct frame {
+struct frame {                    /* supervisor.py FRAME reads it for core dumps */
     u64 gpr[16];          /* rax rcx rdx rbx rsp rbp rsi rdi r8-r15; [4] is a dummy: see gpr() */
     u64 vector, ec;
     u64 rip, cs, rflags, rsp, ss;
@@ -56,6 +56,7 @@ static void __attribute__((noreturn)) report(struct frame *f, u64 reason, u64 ar
     ST->report_ec = f->ec;
     ST->report_rip = f->rip;
     ST->report_arg = arg;
+    ST->report_frame = (u64)(uintptr_t)f;
     ST->report_reason = reason;
     for (;;)
         __asm__ __volatile__("outl %%eax, %%dx" : : "a"((u32)reason), "d"((u16)SV_REPORT_PORT));
