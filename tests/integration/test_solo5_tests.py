@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import expect_fpu_result, needs_kvm, run_hvt
+from conftest import expect_abort, expect_fpu_result, expect_success, needs_kvm, run_hvt
 
 pytestmark = needs_kvm
 MEM = "--mem=4096"
@@ -20,16 +20,6 @@ def mode(request):
 def build(guest, mode):
     """The guest builder for this test's mode: default (CPL3 on ukvm) or --cpl0."""
     return lambda name, manifest=None: guest(name, manifest, cpl0=(mode == "cpl0"))
-
-
-def expect_success(p):
-    assert p.returncode == 0, p.output
-    assert "SUCCESS" in p.output
-
-
-def expect_abort(p):
-    assert p.returncode == 255, p.output
-    assert "ABORT" in p.output
 
 
 def test_noexec_host(build):

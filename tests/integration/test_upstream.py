@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import solo5_sdk
-from conftest import GUESTS, ON_PVM, expect_fpu_result, needs_kvm, run_hvt
+from conftest import GUESTS, ON_PVM, expect_abort, expect_fpu_result, expect_success, needs_kvm, run_hvt
 from test_net import Netns, finish, flood
 
 pytestmark = [needs_kvm, pytest.mark.skipif(not solo5_sdk.available(), reason=solo5_sdk.MISSING)]
@@ -34,16 +34,6 @@ def solo5_hvt(*args):
     p = subprocess.run([str(solo5_sdk.SOLO5_HVT), MEM, *map(str, args)], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=60)
     return p.returncode, p.stdout
-
-
-def expect_success(p):
-    assert p.returncode == 0, p.output
-    assert "SUCCESS" in p.output
-
-
-def expect_abort(p):
-    assert p.returncode == 255, p.output
-    assert "ABORT" in p.output
 
 
 def guest_stdout(cpl, *args):
