@@ -4,8 +4,11 @@ import re
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ukvm import hvt_abi as hvt
+from ukvm.errors import GuestFault
 from ukvm import supervisor as sv
 from ukvm.memory import GuestMemory
 from ukvm.vm import guest_cpl_plan
@@ -91,3 +94,26 @@ def test_report_messages(reason, arg, message):
 def test_exit_dispatch_knows_the_report_port():
     from ukvm import exits
     assert exits.SV_REPORT_PORT == sv.SV_REPORT_PORT
+
+
+U64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 5, 99, sv.SV_STACK_TOP - 0x2000,
+                                                         sv.SV_STACK_TOP - 0x100, sv.SV_DF_STACK_TOP - 8]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(U64, min_size=len(sv.STATE_FIELDS), max_size=len(sv.STATE_FIELDS)),
+       st.binary(min_size=sv.FRAME.size, max_size=sv.FRAME.size))
+def test_reports_from_any_supervisor_state(fields, frame_bytes):
+    # Whatever the supervisor's page and stacks hold, a report becomes one GuestFault and the
+    # saved-frame reader returns registers or None: nothing else is raised.
+    mem = GuestMemory(2 * MIB)
+    try:
+        mem.host_write(sv.SV_STATE, sv.STATE.pack(*fields))
+        frame = dict(zip(sv.STATE_FIELDS, fields))["report_frame"]
+        if sv.SV_STACK_TOP - 0x2000 <= frame <= sv.SV_DF_STACK_TOP - sv.FRAME.size:
+            mem.host_write(frame, frame_bytes)
+        assert isinstance(sv.report_error(mem), GuestFault)
+        regs = sv.reported_guest_regs(mem)
+        assert regs is None or set(regs) >= {"rip", "rsp", "eflags", "rax", "r15"}
+    finally:
+        mem.close()
