@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """bench/pyfloor.py N [TOUCH]: floor.c's `exits` loop (real-mode `out`, re-entered at once) driven
-from Python with fcntl.ioctl: what one KVM_RUN round trip costs a Python process, printed in ns.
+from Python with the tender's own KVM_RUN call (VcpuFd.run_ioctl, libc's ioctl through ctypes):
+what one KVM_RUN round trip costs a Python process, printed in ns.
 With TOUCH, that many small objects spread over the heap are updated between exits and only the
 time inside KVM_RUN is counted: how the round trip grows with the memory a tender touches."""
 import ctypes
-import fcntl
 import mmap
 import os
 import sys
@@ -27,7 +27,7 @@ sregs = vcpu.get_sregs()
 sregs.cs.base = sregs.cs.selector = 0
 vcpu.set_sregs(sregs)
 vcpu.set_regs(abi.kvm_regs(rip=0x1000, rflags=2))
-ioctl, fd, run = fcntl.ioctl, vcpu.fd, abi.KVM_RUN
+ioctl, fd, run = vcpu.run_ioctl, vcpu.fd, abi.KVM_RUN
 if not touch:
     t = time.perf_counter()
     for _ in range(n):

@@ -442,7 +442,7 @@ def bench_exits(work, floor, quick):
     py_touch = statistics.median(float(sh(sys.executable, ROOT / "bench" / "pyfloor.py", n // 4, 1000))
                                  for _ in range(reps))
     c_touch = statistics.median(float(sh(floor, "exits", n // 4, 1000)) for _ in range(reps))
-    row("exits", "KVM_RUN round trip, Python (fcntl.ioctl)", py_exit, "ns", c_exit, "C, same loop")
+    row("exits", "KVM_RUN round trip, Python (the tender's call)", py_exit, "ns", c_exit, "C, same loop")
     row("exits", "same, 1,000 objects touched between exits", py_touch, "ns", py_exit, "Python, nothing touched",
         "inside KVM_RUN only")
     row("exits", "C, 1,000 pages touched between exits", c_touch, "ns", c_exit, "C, nothing touched",

@@ -6,6 +6,7 @@ create and run VMs one after another without leaking anything.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
@@ -209,22 +210,21 @@ class VM:
         # is a local: on kvm_pvm each KVM_RUN round trip gets dearer with every cache line and
         # page the tender touches between exits (docs/performance.md).
         run_area = self.vcpu.run
-        ioctl, fd, kvm_run = self.vcpu.run_ioctl, self.vcpu.fd, abi.KVM_RUN
+        ioctl, fd, kvm_run, get_errno = self.vcpu.run_ioctl, self.vcpu.fd, abi.KVM_RUN, ctypes.get_errno
         unpack_exit, unpack_gpa = EXIT_IO.unpack_from, hvt.U32.unpack_from
         table = self.hypercalls
         handlers = table.handlers
         is_readonly = self.mem.is_readonly
         while True:
-            try:
-                ioctl(fd, kvm_run, 0)
-            except InterruptedError:
-                if self._thread_error is not None:
-                    raise self._thread_error from None
-                continue
-            except OSError as e:
-                if e.errno == errno.EFAULT:
-                    raise translation_fault(self.rip()) from None
-                raise KvmError(f"KVM: ioctl (RUN) failed: {os.strerror(e.errno)}") from None
+            if ioctl(fd, kvm_run, 0) < 0:
+                err = get_errno()
+                if err == errno.EINTR:
+                    if self._thread_error is not None:
+                        raise self._thread_error from None
+                    continue
+                if err == errno.EFAULT:
+                    raise translation_fault(self.rip())
+                raise KvmError(f"KVM: ioctl (RUN) failed: {os.strerror(err)}")
             reason, direction, size, port, _count, data_offset = unpack_exit(run_area, EXIT_IO_OFFSET)
             if reason == abi.KVM_EXIT_IO and direction == abi.KVM_EXIT_IO_OUT and size == 4 \
                     and FIRST_HANDLED_PORT <= port < HALT_PORT:

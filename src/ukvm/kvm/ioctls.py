@@ -2,6 +2,7 @@
 
 Errors become KvmError with the upstream wording `KVM: ioctl (NAME) failed: <errno text>`.
 """
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -9,6 +10,11 @@ import os
 
 from ukvm.errors import KvmError
 from ukvm.kvm import abi
+
+
+_libc_ioctl = ctypes.CDLL(None, use_errno=True)["ioctl"]
+_libc_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+_libc_ioctl.restype = ctypes.c_int
 
 
 def _ioctl(fd: int, request: int, arg, name: str):
@@ -134,9 +140,11 @@ class VcpuFd:
             raise KvmError(f"KVM: ioctl (GET_TSC_KHZ) failed: {os.strerror(e.errno)}") from None
 
     # KVM_RUN is `run_ioctl(fd, KVM_RUN, 0)`, called by the VM's exit loop itself (no Python
-    # frame in between; the GIL is released while the guest runs; OSError is left to the loop).
-    # A class attribute so that the benchmarks can time it.
-    run_ioctl = fcntl.ioctl
+    # frame in between): libc's ioctl through ctypes, which releases the GIL while the guest runs
+    # and returns -1 with ctypes.get_errno() set on failure. fcntl.ioctl costs more per call here
+    # (argument parsing and an audit event each time; docs/performance.md). A class attribute so
+    # that the benchmarks can time it.
+    run_ioctl = _libc_ioctl
 
     def close(self) -> None:
         if self.fd >= 0:
