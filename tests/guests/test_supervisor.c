@@ -131,6 +131,14 @@ int solo5_app_main(const struct solo5_start_info *si)
     } else if (!t_strcmp(cmd, "read-low")) {
         puts("read ");
         put_u64(*(volatile uint64_t *)0x9000);
+    } else if (!t_strcmp(cmd, "ud2")) {
+        __asm__ __volatile__("ud2");
+    } else if (!t_strcmp(cmd, "div0")) {
+        volatile uint64_t zero = 0;
+        puts("quotient ");
+        put_u64(100 / zero);
+    } else if (!t_strcmp(cmd, "gp")) {
+        __asm__ __volatile__("movq (%0), %%rax" : : "r"(0x8000000000000000ULL) : "rax");  /* non-canonical */
     } else if (!t_strcmp(cmd, "int3")) {
         __asm__ __volatile__("int3");
     } else if (!t_strcmp(cmd, "lgdt-unmapped")) {

@@ -183,7 +183,7 @@ def test_auto_picks_cpl3_for_solo5_built_guests_on_pvm(sdk_guest):
 
 # Commands of test_supervisor.c whose guest output and status equal solo5-hvt's.
 @pytest.mark.parametrize("command", ["own-handler", "cr-read", "noncanonical-fs", "read-low",
-                                     "lgdt-unmapped", "sti-cli"])
+                                     "lgdt-unmapped", "sti-cli", "ud2", "div0", "gp"])
 def test_supervised_guest_sees_what_solo5_hvt_shows(sdk_guest, command):
     status, out = guest_stdout("3", sdk_guest, command)
     up_status, up_out = solo5_hvt(sdk_guest, command)
