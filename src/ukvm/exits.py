@@ -21,6 +21,8 @@ class HypercallTable:
         self.handlers: list = [None] * hvt.HVT_HYPERCALL_MAX
         # Under the CPL3 supervisor: builds the error its report port stands for (supervisor.py).
         self.on_report_port: Callable[[], GuestFault] | None = None
+        # Under --gdb: handles KVM_EXIT_DEBUG (modules/gdb.py).
+        self.on_debug_exit: Callable[[object], None] | None = None
 
     def register(self, nr: int, handler: Callable[[int], None]) -> None:
         if not 0 < nr < hvt.HVT_HYPERCALL_MAX or nr == hvt.HVT_HYPERCALL_HALT:
@@ -52,6 +54,9 @@ def handle_exit(run, table: HypercallTable, get_rip: Callable[[], int],
         if handler is None:
             raise GuestFault(f"Invalid guest hypercall: num={nr}")
         handler(gpa)
+        return None
+    if reason == abi.KVM_EXIT_DEBUG and table.on_debug_exit is not None:
+        table.on_debug_exit(run)
         return None
     if reason == abi.KVM_EXIT_FAIL_ENTRY:
         code = abi.KVM_RUN_FAIL_ENTRY.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)[0]

@@ -27,7 +27,8 @@ NR_SECCOMP = 317
 NR = {"read": 0, "write": 1, "close": 3, "mmap": 9, "munmap": 11, "brk": 12, "rt_sigaction": 13,
       "rt_sigprocmask": 14, "rt_sigreturn": 15, "ioctl": 16, "readv": 19, "madvise": 28, "getpid": 39,
       "exit": 60, "fsync": 74, "futex": 202, "clock_nanosleep": 230, "exit_group": 231, "epoll_wait": 232,
-      "tgkill": 234, "pselect6": 270, "preadv2": 327, "pwritev2": 328, "pwrite64": 18, "openat": 257}
+      "tgkill": 234, "pselect6": 270, "preadv2": 327, "pwritev2": 328, "pwrite64": 18, "openat": 257,
+      "sendto": 44, "recvfrom": 45}
 # --dumpcore: the only open the sandbox allows (modules/dumpcore.py creates the core this way).
 CORE_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
@@ -81,12 +82,15 @@ class _Program:
 
 
 def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fds: set[int],
-                 dump_dirfd: int | None = None, open_fds: set[int] = frozenset()) -> bytes:
+                 dump_dirfd: int | None = None, open_fds: set[int] = frozenset(),
+                 debugger_fd: int | None = None) -> bytes:
     """The filter for a tender whose descriptors are known; see the module docstring.
 
     With `dump_dirfd` (--dumpcore), also: openat in that directory with exactly the core file's
     flags; pwrite64 to descriptors that were not open when the filter was built (only that
-    openat can have made them); KVM_GET_SREGS on the vCPU (the registers for the core)."""
+    openat can have made them); KVM_GET_SREGS on the vCPU (the registers for the core).
+    With `debugger_fd` (--gdb): sendto/recvfrom on that socket, and the vCPU ioctls a debugger
+    needs (registers, FPU state, guest debug)."""
     p = _Program()
     p.op(LD_W_ABS, OFF_ARCH)
     p.op(JEQ_K, AUDIT_ARCH_X86_64, 0, "kill")
@@ -103,6 +107,8 @@ def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fd
     rules = [fd_rule(["read", "readv"], read_fds, "fd_read"),
              fd_rule(["write"], write_fds, "fd_write"),
              fd_rule(["preadv2", "pwritev2", "fsync"], block_fds, "fd_block")]
+    if debugger_fd is not None:
+        rules.append(fd_rule(["sendto", "recvfrom"], {debugger_fd}, "fd_debugger"))
     if dump_dirfd is not None:
         p.op(JEQ_K, NR["openat"], "core_open", 0)
         p.op(JEQ_K, NR["pwrite64"], "core_write", 0)
@@ -129,8 +135,11 @@ def build_filter(vcpu_fd: int, read_fds: set[int], write_fds: set[int], block_fd
     p.op(JEQ_K, vcpu_fd, 0, "kill")
     p.op(LD_W_ABS, _arg_lo(1))
     p.op(JEQ_K, abi.KVM_RUN, "allow", 0)
-    if dump_dirfd is not None:
+    if dump_dirfd is not None or debugger_fd is not None:
         p.op(JEQ_K, abi.KVM_GET_SREGS, "allow", 0)
+    if debugger_fd is not None:
+        for request in (abi.KVM_SET_REGS, abi.KVM_GET_FPU, abi.KVM_SET_GUEST_DEBUG):
+            p.op(JEQ_K, request, "allow", 0)
     p.op(JEQ_K, abi.KVM_GET_REGS, "allow", "kill")
     p.label("mmap")             # memory for the interpreter, never executable
     p.op(LD_W_ABS, _arg_lo(2))
@@ -185,7 +194,7 @@ def _open_fds() -> set[int]:
 def sandbox_vm(vm) -> None:
     """Confine the process around `vm`, which must be fully set up (fds open, threads running)."""
     reads, writes, blocks = set(), {2}, set()      # stderr for the tender's own messages
-    dump_dirfd = None
+    dump_dirfd = debugger_fd = None
     for module in vm.modules:
         for fd, kind in module.host_fds():
             if kind in ("read", "rw"):
@@ -196,5 +205,7 @@ def sandbox_vm(vm) -> None:
                 blocks.add(fd)
             if kind == "dumpdir":
                 dump_dirfd = fd
+            if kind == "socket":
+                debugger_fd = fd
     open_fds = _open_fds() if dump_dirfd is not None else set()
-    install(build_filter(vm.vcpu.fd, reads, writes, blocks, dump_dirfd, open_fds))
+    install(build_filter(vm.vcpu.fd, reads, writes, blocks, dump_dirfd, open_fds, debugger_fd))

@@ -112,6 +112,8 @@ class VM:
         self.hypercalls = HypercallTable()
         self.warn = warn
         self._thread_error: UkvmError | None = None
+        self._interrupted = False
+        self.on_interrupt: Callable[[], None] | None = None     # --gdb: a Ctrl-C stop
         self._run_thread: int | None = None
         self.kvm = self.vmfd = self.vcpu = self.mem = None
         try:
@@ -140,7 +142,10 @@ class VM:
             self.mem.limit = size - hvt.HVT_RING_AREA
         self.ring_gpa = 0
         self.host_features = 0
-        runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, self.guest_cpl_choice)
+        choice = self.guest_cpl_choice
+        if any(getattr(m, "needs_cpl0", False) for m in self.modules):
+            choice = "0"          # --gdb: kvm_pvm debugs CPL0 code only (modules/gdb.py)
+        runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, choice)
         if self.supervised:
             from ukvm import supervisor
             code = supervisor.image()
@@ -186,6 +191,13 @@ class VM:
         if self._run_thread is not None:
             signal.pthread_kill(self._run_thread, signal.SIGUSR1)
 
+    def interrupt(self) -> None:
+        """Stop the vCPU from another thread and call on_interrupt in the run loop (gdb's Ctrl-C)."""
+        self._interrupted = True
+        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1
+        if self._run_thread is not None:
+            signal.pthread_kill(self._run_thread, signal.SIGUSR1)
+
     def run(self) -> int:
         """Run the guest until it halts; returns the tender's exit status (guest status & 0xff)."""
         try:   # only the main thread may install handlers; elsewhere thread errors wait for an exit
@@ -195,6 +207,8 @@ class VM:
             in_main = False
         self._run_thread = _thread.get_ident() if in_main else None
         try:
+            for module in self.modules:
+                module.before_run(self)
             return self._run_loop()
         except UkvmError:
             for module in self.modules:
@@ -221,6 +235,10 @@ class VM:
                 if err == errno.EINTR:
                     if self._thread_error is not None:
                         raise self._thread_error from None
+                    if self._interrupted:
+                        self._interrupted = False
+                        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0
+                        self.on_interrupt()
                     continue
                 if err == errno.EFAULT:
                     raise translation_fault(self.rip())

@@ -92,3 +92,25 @@ def test_without_dumpcore_no_open_no_pwrite(prog):
     assert run_bpf(prog, NR["openat"], (DUMPDIR, 0, CORE_OPEN_FLAGS, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS
     assert run_bpf(prog, NR["pwrite64"], (16, 0, 0, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS
     assert run_bpf(prog, NR["ioctl"], (VCPU, abi.KVM_GET_SREGS, 0, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS
+
+
+SOCK = 17
+
+
+@pytest.mark.parametrize("nr,args,allowed", [
+    (NR["recvfrom"], (SOCK,), True), (NR["sendto"], (SOCK,), True),
+    (NR["recvfrom"], (TAP,), False), (NR["sendto"], (1,), False),
+    (NR["ioctl"], (VCPU, abi.KVM_SET_GUEST_DEBUG), True), (NR["ioctl"], (VCPU, abi.KVM_GET_FPU), True),
+    (NR["ioctl"], (VCPU, abi.KVM_SET_REGS), True), (NR["ioctl"], (VCPU, abi.KVM_GET_SREGS), True),
+    (NR["ioctl"], (VCPU, abi.KVM_SET_SREGS), False), (NR["ioctl"], (VCPU + 1, abi.KVM_SET_GUEST_DEBUG), False),
+    (NR["openat"], (SOCK, 0, CORE_OPEN_FLAGS), False),
+])
+def test_debugger_rules(nr, args, allowed):
+    program = build_filter(VCPU, {TAP, EFD}, {1, 2, TAP, EFD}, {BLOCK}, debugger_fd=SOCK)
+    expected = SECCOMP_RET_ALLOW if allowed else SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(program, nr, tuple(args) + (0,) * (6 - len(args))) == expected
+
+
+def test_without_debugger_no_socket_calls(prog):
+    assert run_bpf(prog, NR["recvfrom"], (SOCK, 0, 0, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(prog, NR["ioctl"], (VCPU, abi.KVM_SET_GUEST_DEBUG, 0, 0, 0, 0)) == SECCOMP_RET_KILL_PROCESS

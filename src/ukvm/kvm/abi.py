@@ -109,6 +109,10 @@ class kvm_fpu(ctypes.Structure):
                 ("xmm", ctypes.c_uint8 * 256), ("mxcsr", ctypes.c_uint32), ("pad2", ctypes.c_uint32)]
 
 
+class kvm_guest_debug(ctypes.Structure):
+    _fields_ = [("control", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("debugreg", ctypes.c_uint64 * 8)]
+
+
 # /dev/kvm ioctls
 KVM_GET_API_VERSION = _IO(0x00)
 KVM_CREATE_VM = _IO(0x01)
@@ -126,6 +130,10 @@ KVM_SET_REGS = _IOW(0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(0x84, kvm_sregs)
 KVM_GET_FPU = _IOR(0x8C, kvm_fpu)
+KVM_SET_GUEST_DEBUG = _IOW(0x9B, kvm_guest_debug)
+KVM_GUESTDBG_ENABLE = 0x1
+KVM_GUESTDBG_SINGLESTEP = 0x2
+KVM_GUESTDBG_USE_HW_BP = 0x20000
 KVM_SET_CPUID2 = _IOW(0x90, kvm_cpuid2)
 KVM_GET_TSC_KHZ = _IO(0xA3)
 KVM_SET_XCRS = _IOW(0xA7, kvm_xcrs)
@@ -155,3 +163,4 @@ KVM_RUN_IO = struct.Struct("<BBHIQ")                # direction, size, port, cou
 KVM_RUN_MMIO = struct.Struct("<Q8sIB")              # phys_addr, data, len, is_write
 KVM_RUN_FAIL_ENTRY = struct.Struct("<Q")            # hardware_entry_failure_reason
 KVM_RUN_INTERNAL = struct.Struct("<I")              # suberror
+KVM_RUN_DEBUG = struct.Struct("<IIQQQ")             # exception, pad, pc, dr6, dr7

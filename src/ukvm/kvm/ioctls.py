@@ -122,6 +122,16 @@ class VcpuFd:
     def set_sregs(self, sregs: abi.kvm_sregs) -> None:
         _ioctl(self.fd, abi.KVM_SET_SREGS, sregs, "SET_SREGS")
 
+    def get_fpu(self) -> abi.kvm_fpu:
+        fpu = abi.kvm_fpu()
+        _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "GET_FPU")
+        return fpu
+
+    def set_guest_debug(self, control: int, debugreg=(0,) * 8) -> None:
+        dbg = abi.kvm_guest_debug(control=control)
+        dbg.debugreg[:] = list(debugreg)
+        _ioctl(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, "SET_GUEST_DEBUG")
+
     def set_cpuid2(self, cpuid) -> None:
         _ioctl(self.fd, abi.KVM_SET_CPUID2, cpuid, "SET_CPUID2")
 

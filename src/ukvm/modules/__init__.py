@@ -47,6 +47,9 @@ class Module:
     def on_fatal(self, vm: VM) -> None:
         """Called when a fatal error ends a running guest, before it is reported."""
 
+    def before_run(self, vm: VM) -> None:
+        """Called once before the guest's first instruction (after the sandbox is in place)."""
+
     def host_fds(self) -> list[tuple[int, str]]:
         """The descriptors the module uses while the guest runs: (fd, "read"|"write"|"rw"|"block");
         the sandbox lets reads and writes reach these and nothing else."""
@@ -61,8 +64,9 @@ def module_classes() -> list[type[Module]]:
     from ukvm.modules.block import BlockModule
     from ukvm.modules.core import CoreModule
     from ukvm.modules.dumpcore import DumpcoreModule
+    from ukvm.modules.gdb import GdbModule
     from ukvm.modules.net import NetModule
-    return [CoreModule, BlockModule, NetModule, DumpcoreModule]
+    return [CoreModule, BlockModule, NetModule, GdbModule, DumpcoreModule]
 
 
 def default_modules(manifest: Manifest) -> list[Module]:
