@@ -24,8 +24,7 @@ from ukvm.errors import GuestMemoryError, UkvmError, UsageError
 from ukvm.kvm import abi
 from ukvm.modules import Module
 
-SIGINT, SIGTRAP, SIGKILL = 2, 5, 9
-LOST = UkvmError("GDB: Exiting as we could not receive the next command from the debugger.")
+SIGINT, SIGKILL = 2, 9
 MAX_PACKET = 4096
 DR7_GLOBAL_EXACT = 0x600           # GE and bit 10, as hardware expects them set
 DR_TYPE = {0: 0, 1: 0, 2: 1, 4: 3}  # Z type -> DR7 R/W bits: exec, exec, write, read/write
@@ -79,6 +78,10 @@ def _target_xml() -> str:
 
 
 TARGET_XML = _target_xml().encode()
+
+
+def lost() -> UkvmError:
+    return UkvmError("GDB: Exiting as we could not receive the next command from the debugger.")
 
 
 def checksum(data: bytes) -> bytes:
@@ -228,20 +231,20 @@ class GdbModule(Module):
         try:
             self.sock.sendall(b"$" + data + b"#" + checksum(data))
         except OSError:
-            raise LOST from None
+            raise lost() from None
 
     def _next_packet(self) -> bytes:
         while not self.pending:
             try:
                 data = self.sock.recv(4096)
                 if not data:
-                    raise LOST
+                    raise lost()
                 packets, bad = self.reader.feed(data)
                 acks = b"-" * bad + b"+" * sum(1 for p in packets if p != b"\x03")
                 if acks:
                     self.sock.sendall(acks)
             except OSError:
-                raise LOST from None
+                raise lost() from None
             self.pending += packets
         return self.pending.pop(0)
 
