@@ -11,6 +11,7 @@ import pytest
 
 import solo5_sdk
 from conftest import GUESTS, needs_kvm, read_until, run_hvt, ukvm
+from test_net import finish
 
 pytestmark = [needs_kvm, pytest.mark.skipif(shutil.which("gdb") is None,
                                             reason="needs gdb (scripts/test.sh installs it)")]
@@ -25,16 +26,6 @@ def start_tender(kernel, *args):
     m = PORT_LINE.search(out + read_until(proc, b"\n", timeout=5))
     assert m, out
     return proc, int(m[1])
-
-
-def finish(proc, timeout=60):
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, out.decode(errors="replace")
 
 
 def gdb(kernel, port, *commands):
