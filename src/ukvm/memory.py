@@ -8,7 +8,6 @@ pages the loader made read-only or inaccessible on the host (writing there from 
 kill the tender with SIGSEGV). Addresses and lengths are Python ints, so `gpa + size` cannot
 wrap; values the guest gave as u64 are compared as such.
 """
-import contextlib
 import ctypes
 import mmap
 import os
@@ -122,13 +121,13 @@ class GuestMemory:
             raise GuestMemoryError(gpa, size)
         return self._mm[gpa:gpa + size]
 
-    def host_view(self, gpa: int, size: int):
-        """A window on guest bytes for the tender's own reading (core dumps), or a null context
-        when the range touches pages the loader made inaccessible (reading them would fault)."""
+    def host_view(self, gpa: int, size: int) -> memoryview | None:
+        """A window on guest bytes for the tender's own reading (core dumps), or None when the
+        range touches pages the loader made inaccessible (reading them would fault)."""
         if gpa < 0 or gpa + size > self.size:
             raise GuestMemoryError(gpa, size)
         if any(gpa < e and gpa + size > s for s, e in self._noaccess):
-            return contextlib.nullcontext()
+            return None
         return self._mv[gpa:gpa + size]
 
     def tender_area(self, gpa: int, size: int) -> memoryview:

@@ -127,11 +127,12 @@ def write_core(fd: int, vm: VM, cookie: int) -> int:
     for gpa in range(0, size, CHUNK):
         length = min(CHUNK, size - gpa)
         last = gpa + length == size
-        with vm.mem.host_view(gpa, length) as chunk:    # None where the host cannot read
-            if chunk is None:
-                if last:
-                    os.pwrite(fd, zero[:PAGE], mem_off + size - PAGE)
-                continue
+        chunk = vm.mem.host_view(gpa, length)             # None where the host cannot read
+        if chunk is None:
+            if last:
+                os.pwrite(fd, zero[:PAGE], mem_off + size - PAGE)
+            continue
+        with chunk:
             if chunk != zero[:length] or last:           # the last chunk sets the file's size
                 os.pwrite(fd, chunk, mem_off + gpa)
                 written += length // PAGE

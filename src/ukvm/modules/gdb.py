@@ -15,10 +15,7 @@ are served from the debug registers too: at most four breakpoints and watchpoint
 from __future__ import annotations
 
 import os
-import select
-import socket
 import struct
-import threading
 
 from ukvm.errors import GuestMemoryError, UkvmError, UsageError
 from ukvm.kvm import abi
@@ -167,15 +164,14 @@ class GdbModule(Module):
         super().__init__(manifest)
         self.enabled = False
         self.port = 1234
-        self.sock: socket.socket | None = None
+        self.sock = None
         self.reader = PacketReader()
         self.pending: list[bytes] = []
         self.hw: dict[tuple[int, int, int], int] = {}     # (type, addr, len) -> references
         self.stepping = False
         self.last_stop = b"S05"
-        self._ctrl_c = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._running = threading.Event()
+        self._watcher = None
+        self._running = None          # a threading.Event once --gdb is set up
         self._closing = False
         self.data_breakpoints_unusable = False
 
@@ -199,7 +195,10 @@ class GdbModule(Module):
     def setup(self, vm: VM) -> None:
         if not self.enabled:
             return
+        import socket      # only with --gdb: `ukvm run` imports what a run needs (performance.md)
+        import threading
         self.vm = vm
+        self._running = threading.Event()
         from ukvm.vcpu import host_emulates_cpl0      # asked now: the sandbox forbids stat later
         self.data_breakpoints_unusable = host_emulates_cpl0()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -216,6 +215,7 @@ class GdbModule(Module):
         finally:
             listener.close()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(None)
         self.warn(f"Connection from debugger at {peer[0]}")
         vm.hypercalls.on_debug_exit = self.on_debug_exit
         vm.on_interrupt = self.on_interrupt
@@ -432,6 +432,8 @@ class GdbModule(Module):
 
     def _watch_for_ctrl_c(self) -> None:
         """While the guest runs, a Ctrl-C from the debugger stops the vCPU."""
+        import select
+        import socket
         while not self._closing:
             if not self._running.wait(0.2):
                 continue
