@@ -90,7 +90,12 @@ def image() -> bytes:
         with open(cached, "rb") as f:
             return f.read()
     except FileNotFoundError:
+        pass
+    try:
         return _build(cached)
+    except OSError as e:
+        raise SupervisorError(f"cannot build the CPL3 supervisor into {os.path.dirname(cached)}: "
+                              f"{e.strerror} (set UKVM_CACHE_DIR, or run with --x-guest-cpl=0)") from None
 
 
 def _build(out: str) -> bytes:
