@@ -21,7 +21,7 @@ class HypercallTable:
         self.handlers: list = [None] * hvt.HVT_HYPERCALL_MAX
         # Under the CPL3 supervisor: builds the error its report port stands for (supervisor.py).
         self.on_report_port: Callable[[], GuestFault] | None = None
-        # Under --gdb: handles KVM_EXIT_DEBUG (modules/gdb.py).
+        # Under --gdb: handles KVM_EXIT_DEBUG (gdbstub.py).
         self.on_debug_exit: Callable[[object], None] | None = None
 
     def register(self, nr: int, handler: Callable[[int], None]) -> None:

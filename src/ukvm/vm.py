@@ -144,7 +144,7 @@ class VM:
         self.host_features = 0
         choice = self.guest_cpl_choice
         if any(getattr(m, "needs_cpl0", False) for m in self.modules):
-            choice = "0"          # --gdb: kvm_pvm debugs CPL0 code only (modules/gdb.py)
+            choice = "0"          # --gdb: kvm_pvm debugs CPL0 code only (gdbstub.py)
         runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, choice)
         if self.supervised:
             from ukvm import supervisor

@@ -5,12 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elfgen import manifest_payload
 from ukvm.errors import UkvmError
 from ukvm.kvm import abi
-from ukvm.manifest import Manifest
 from ukvm.memory import GuestMemory
-from ukvm.modules.gdb import LAYOUT, TARGET_XML, GdbModule, PacketReader, checksum, escape, unescape
+from ukvm.gdbstub import LAYOUT, GdbStub, PacketReader, checksum, escape, target_xml, unescape
 
 MIB = 1 << 20
 
@@ -49,9 +47,7 @@ class FakeVM:
 
 @pytest.fixture
 def stub():
-    gdb = GdbModule(Manifest.parse(manifest_payload(), "t"))
-    gdb.vm = FakeVM()
-    gdb.enabled = True
+    gdb = GdbStub(FakeVM())
     yield gdb
     gdb.vm.mem.close()
 
@@ -88,7 +84,7 @@ def test_registers_memory_and_breakpoints(stub):
         xml += part[1:]
         if part[:1] == b"l":
             break
-    assert xml == TARGET_XML and xml.startswith(b"<?xml")
+    assert xml == target_xml() and xml.startswith(b"<?xml")
     assert stub.command(b"s") is None and stub.stepping
 
 
@@ -98,9 +94,7 @@ def test_registers_memory_and_breakpoints(stub):
                           .flatmap(lambda k: st.binary(max_size=40).map(lambda rest: framed(k + rest)))),
                 max_size=6))
 def test_any_bytes_are_answered_or_refused(chunks):
-    gdb = GdbModule(Manifest.parse(manifest_payload(), "t"))
-    gdb.vm = FakeVM()
-    gdb.enabled = True
+    gdb = GdbStub(FakeVM())
     try:
         reader = PacketReader()
         for chunk in chunks:

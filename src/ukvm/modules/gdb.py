@@ -1,182 +1,28 @@
-"""modules/gdb.py: `--gdb` / `--gdb-port=PORT`: a GDB remote-serial-protocol stub in the tender
-(hvt-abi.md 16; docs/debugging.md).
+"""modules/gdb.py: `--gdb` and `--gdb-port=PORT` (hvt-abi.md 16; docs/debugging.md).
 
-The tender waits for one debugger on 127.0.0.1:PORT before the guest's first instruction, then
-serves it: registers (general, segments, FS/GS bases, x87 and SSE, described by a target XML),
-memory (every address checked against guest memory), breakpoints and watchpoints in the four
-debug registers, single step, continue, Ctrl-C, and the guest's exit as `W`/`X`.
-
-kvm_pvm decides the shape: guest code at CPL0 is single-stepped and hits debug-register
-breakpoints with KVM_EXIT_DEBUG, but an `int3` there ends in an internal error, and at CPL3 a #DB
-does not leave the guest. So under --gdb the guest runs in hvt's CPL0 state (a ukvm-built CPL3
-image stays at CPL0, a Solo5-built one is not supervised), and gdb's software breakpoints (Z0)
-are served from the debug registers too: at most four breakpoints and watchpoints together.
+The options live here; the protocol stub (ukvm/gdbstub.py) is imported only when --gdb is
+given, so that other runs do not pay for it at start-up.
 """
 from __future__ import annotations
 
-import os
-import struct
-
-from ukvm.errors import GuestMemoryError, UkvmError, UsageError
-from ukvm.kvm import abi
+from ukvm.errors import UsageError
 from ukvm.modules import Module
-
-SIGINT, SIGKILL = 2, 9
-MAX_PACKET = 4096
-DR7_GLOBAL_EXACT = 0x600           # GE and bit 10, as hardware expects them set
-DR_TYPE = {0: 0, 1: 0, 2: 1, 4: 3}  # Z type -> DR7 R/W bits: exec, exec, write, read/write
-DR_LEN = {1: 0, 2: 1, 4: 3, 8: 2}
-
-# The 'g' packet, in the order of TARGET_XML (name, bytes).
-GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
-        "r13", "r14", "r15")
-SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs")
-X87_CTRL = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
-LAYOUT = ([(r, 8) for r in GPRS] + [("rip", 8), ("eflags", 4)] + [(s, 4) for s in SEGMENTS] +
-          [(f"st{i}", 10) for i in range(8)] + [(c, 4) for c in X87_CTRL] +
-          [(f"xmm{i}", 16) for i in range(16)] + [("mxcsr", 4), ("fs_base", 8), ("gs_base", 8)])
-
-
-def _reg_xml(name: str, size: int, regnum: int) -> str:
-    types = {"rip": "code_ptr", "rsp": "data_ptr", "rbp": "data_ptr", "eflags": "i386_eflags",
-             "mxcsr": "i386_mxcsr"}
-    t = types.get(name) or ("i387_ext" if size == 10 else "vec128" if size == 16 else f"int{size * 8}")
-    group = ' group="float"' if name in X87_CTRL else ' group="vector"' if size == 16 else ""
-    return f'<reg name="{name}" bitsize="{size * 8}" type="{t}" regnum="{regnum}"{group}/>'
-
-
-def _target_xml() -> str:
-    regs = {name: _reg_xml(name, size, i) for i, (name, size) in enumerate(LAYOUT)}
-    core = [n for n, _ in LAYOUT[:40]]                  # rax .. fop: gdb's amd64 core feature
-    sse = [f"xmm{i}" for i in range(16)] + ["mxcsr"]
-    return (
-        '<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target version="1.0">'
-        '<architecture>i386:x86-64</architecture>'
-        '<feature name="org.gnu.gdb.i386.core">'
-        '<flags id="i386_eflags" size="4"><field name="CF" start="0" end="0"/><field name="PF" start="2" end="2"/>'
-        '<field name="AF" start="4" end="4"/><field name="ZF" start="6" end="6"/><field name="SF" start="7" end="7"/>'
-        '<field name="TF" start="8" end="8"/><field name="IF" start="9" end="9"/><field name="DF" start="10" end="10"/>'
-        '<field name="OF" start="11" end="11"/><field name="RF" start="16" end="16"/></flags>'
-        + "".join(regs[n] for n in core) + '</feature>'
-        '<feature name="org.gnu.gdb.i386.sse">'
-        '<vector id="v4f" type="ieee_single" count="4"/><vector id="v2d" type="ieee_double" count="2"/>'
-        '<vector id="v16i8" type="int8" count="16"/><vector id="v8i16" type="int16" count="8"/>'
-        '<vector id="v4i32" type="int32" count="4"/><vector id="v2i64" type="int64" count="2"/>'
-        '<union id="vec128"><field name="v4_float" type="v4f"/><field name="v2_double" type="v2d"/>'
-        '<field name="v16_int8" type="v16i8"/><field name="v8_int16" type="v8i16"/>'
-        '<field name="v4_int32" type="v4i32"/><field name="v2_int64" type="v2i64"/>'
-        '<field name="uint128" type="uint128"/></union>'
-        '<flags id="i386_mxcsr" size="4"><field name="IE" start="0" end="0"/><field name="DE" start="1" end="1"/>'
-        '<field name="ZE" start="2" end="2"/><field name="OE" start="3" end="3"/><field name="UE" start="4" end="4"/>'
-        '<field name="PE" start="5" end="5"/><field name="DAZ" start="6" end="6"/><field name="FZ" start="15" end="15"/>'
-        '</flags>' + "".join(regs[n] for n in sse) + '</feature>'
-        '<feature name="org.gnu.gdb.i386.segments">' + regs["fs_base"] + regs["gs_base"] + '</feature>'
-        '</target>')
-
-
-TARGET_XML = _target_xml().encode()
-
-
-def lost() -> UkvmError:
-    return UkvmError("GDB: Exiting as we could not receive the next command from the debugger.")
-
-
-def checksum(data: bytes) -> bytes:
-    return b"%02x" % (sum(data) & 0xFF)
-
-
-def escape(data: bytes) -> bytes:
-    out = bytearray()
-    for b in data:
-        if b in b"#$}*":
-            out += bytes([0x7D, b ^ 0x20])
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-class PacketReader:
-    """Frames `$payload#cc` out of a byte stream: good packets come out of feed(), a bad checksum
-    asks for a resend, anything before `$` (acks, noise) is skipped, and a packet longer than
-    MAX_PACKET is dropped. Ctrl-C (0x03) outside a packet is reported as the packet b"\\x03"."""
-
-    def __init__(self):
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> tuple[list[bytes], int]:
-        """The complete packets in `data` (with what came before) and how many were corrupt."""
-        self.buf += data
-        packets, bad = [], 0
-        while True:
-            start = -1
-            for i, b in enumerate(self.buf):
-                if b == 0x03:
-                    packets.append(b"\x03")
-                    del self.buf[:i + 1]
-                    break
-                if b == ord("$"):
-                    start = i
-                    break
-            else:
-                self.buf.clear()
-                return packets, bad
-            if start < 0:
-                continue
-            del self.buf[:start]
-            end = self.buf.find(b"#", 1)
-            restart = self.buf.find(b"$", 1)
-            if 0 < restart and (end < 0 or restart < end):
-                del self.buf[:restart]          # a second `$` starts the packet over
-                continue
-            if end < 0:
-                if len(self.buf) > MAX_PACKET + 4:
-                    self.buf.clear()
-                return packets, bad
-            if len(self.buf) < end + 3:
-                return packets, bad
-            payload, sum_text = bytes(self.buf[1:end]), bytes(self.buf[end + 1:end + 3])
-            del self.buf[:end + 3]
-            if checksum(payload) == sum_text.lower() and len(payload) <= MAX_PACKET:
-                packets.append(unescape(payload))
-            else:
-                bad += 1
-
-
-def unescape(data: bytes) -> bytes:
-    out = bytearray()
-    it = iter(data)
-    for b in it:
-        if b == 0x7D:
-            nxt = next(it, None)
-            if nxt is not None:
-                out.append(nxt ^ 0x20)
-        else:
-            out.append(b)
-    return bytes(out)
 
 
 class GdbModule(Module):
     name = "gdb"
     usage = ("  --gdb (wait for a debugger before the guest's first instruction; runs it at CPL0)\n"
-             "  --gdb-port=1234 (TCP port on 127.0.0.1 for --gdb)")
+             "  --gdb-port=1234 (TCP port on 127.0.0.1 for --gdb; 0 picks a free one)")
 
     def __init__(self, manifest):
         super().__init__(manifest)
         self.enabled = False
         self.port = 1234
-        self.sock = None
-        self.reader = PacketReader()
-        self.pending: list[bytes] = []
-        self.hw: dict[tuple[int, int, int], int] = {}     # (type, addr, len) -> references
-        self.stepping = False
-        self.last_stop = b"S05"
-        self._watcher = None
-        self._running = None          # a threading.Event once --gdb is set up
-        self._closing = False
-        self.data_breakpoints_unusable = False
+        self.stub = None
 
     @property
     def needs_cpl0(self) -> bool:
+        """kvm_pvm debugs CPL0 code only (gdbstub.py): the VM then starts in hvt's CPL0 state."""
         return self.enabled
 
     def handle_arg(self, arg: str) -> bool:
@@ -191,284 +37,28 @@ class GdbModule(Module):
             return True
         return False
 
-    # --- set-up: wait for the debugger ---------------------------------------------------------
     def setup(self, vm: VM) -> None:
-        if not self.enabled:
-            return
-        import socket      # only with --gdb: `ukvm run` imports what a run needs (performance.md)
-        import threading
-        self.vm = vm
-        self._running = threading.Event()
-        from ukvm.vcpu import host_emulates_cpl0      # asked now: the sandbox forbids stat later
-        self.data_breakpoints_unusable = host_emulates_cpl0()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", self.port))
-            listener.listen(1)
-            self.warn("Waiting for a debugger. Connect to it like this:")
-            self.warn(f'\tgdb --ex="target remote localhost:{listener.getsockname()[1]}" {vm.kernel.path}')
-            self.sock, peer = listener.accept()
-        except OSError as e:
-            raise UsageError(f"gdb: cannot wait for a debugger on port {self.port}: {os.strerror(e.errno)}",
-                             show_usage=False) from None
-        finally:
-            listener.close()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(None)
-        self.warn(f"Connection from debugger at {peer[0]}")
-        vm.hypercalls.on_debug_exit = self.on_debug_exit
-        vm.on_interrupt = self.on_interrupt
-        self._watcher = threading.Thread(target=self._watch_for_ctrl_c, name="ukvm-gdb", daemon=True)
-        self._watcher.start()
+        if self.enabled:
+            from ukvm.gdbstub import GdbStub
+            self.stub = GdbStub(vm, self.warn)
+            self.stub.connect(self.port)
 
     def host_fds(self) -> list[tuple[int, str]]:
-        return [(self.sock.fileno(), "socket")] if self.sock is not None else []
-
-    # --- the protocol --------------------------------------------------------------------------
-    def _send(self, payload: bytes) -> None:
-        data = escape(payload)
-        try:
-            self.sock.sendall(b"$" + data + b"#" + checksum(data))
-        except OSError:
-            raise lost() from None
-
-    def _next_packet(self) -> bytes:
-        while not self.pending:
-            try:
-                data = self.sock.recv(4096)
-                if not data:
-                    raise lost()
-                packets, bad = self.reader.feed(data)
-                acks = b"-" * bad + b"+" * sum(1 for p in packets if p != b"\x03")
-                if acks:
-                    self.sock.sendall(acks)
-            except OSError:
-                raise lost() from None
-            self.pending += packets
-        return self.pending.pop(0)
-
-    def serve(self, stop: bytes) -> None:
-        """Report a stop and answer commands until the debugger resumes the guest."""
-        self.last_stop = stop
-        self._send(stop)
-        while True:
-            packet = self._next_packet()
-            if packet == b"\x03":
-                continue                                  # already stopped
-            reply = self.command(packet)
-            if reply is None:                             # resume
-                self._apply_debug()
-                self._running.set()
-                return
-            self._send(reply)
-
-    def command(self, p: bytes) -> bytes | None:
-        """The reply to one packet, or None when the guest is to run."""
-        try:
-            kind = p[:1]
-            if p.startswith(b"qSupported"):
-                return b"PacketSize=%x;qXfer:features:read+;hwbreak+" % MAX_PACKET
-            if p.startswith(b"qXfer:features:read:target.xml:"):
-                off, length = (int(x, 16) for x in p.split(b":")[4].split(b","))
-                chunk = TARGET_XML[off:off + min(length, MAX_PACKET - 8)]
-                return (b"l" if off + len(chunk) >= len(TARGET_XML) else b"m") + chunk
-            if p == b"qAttached":
-                return b"1"
-            if p == b"qfThreadInfo":
-                return b"m1"
-            if p == b"qsThreadInfo":
-                return b"l"
-            if p == b"qC":
-                return b"QC1"
-            if p.startswith(b"H") or p.startswith(b"qSymbol"):
-                return b"OK"
-            if p.startswith(b"T"):
-                return b"OK"
-            if kind == b"?":
-                return self.last_stop
-            if kind == b"g":
-                return self.read_registers().hex().encode()
-            if kind == b"G":
-                self.write_registers(bytes.fromhex(p[1:].decode()))
-                return b"OK"
-            if kind == b"p":
-                n = int(p[1:], 16)
-                return self.register_bytes(n).hex().encode() if n < len(LAYOUT) else b"E01"
-            if kind == b"m":
-                addr, length = (int(x, 16) for x in p[1:].split(b","))
-                return self.vm.mem.read(addr, min(length, (MAX_PACKET - 4) // 2)).hex().encode()
-            if kind == b"M":
-                where, data = p[1:].split(b":", 1)
-                addr, length = (int(x, 16) for x in where.split(b","))
-                raw = bytes.fromhex(data.decode())
-                if len(raw) != length:
-                    return b"E01"
-                with self.vm.mem.writable_view(addr, length) as view:
-                    view[:] = raw
-                return b"OK"
-            if kind in (b"c", b"s"):
-                if len(p) > 1:
-                    regs = self.vm.vcpu.get_regs()
-                    regs.rip = int(p[1:], 16)
-                    self.vm.vcpu.set_regs(regs)
-                self.stepping = kind == b"s"
-                return None
-            if kind in (b"Z", b"z"):
-                fields = p[1:].split(b";")[0].split(b",")
-                if len(fields) != 3:
-                    return b"E02"
-                ztype, addr, length = (int(x, 16) for x in fields)
-                return self.breakpoint(kind == b"Z", ztype, addr, length)
-            if kind == b"k":
-                raise UkvmError("gdb: the debugger killed the guest")
-            if kind == b"D":
-                self.hw.clear()
-                self.stepping = False
-                self.enabled = False
-                self._send(b"OK")
-                self._apply_debug()
-                return None
-        except GuestMemoryError:
-            return b"E01"
-        except (ValueError, IndexError):
-            return b"E02"
-        return b""
-
-    # --- registers -----------------------------------------------------------------------------
-    def _values(self) -> dict[str, bytes]:
-        r, s, f = self.vm.vcpu.get_regs(), self.vm.vcpu.get_sregs(), self.vm.vcpu.get_fpu()
-        v = {name: struct.pack("<Q", getattr(r, name)) for name in GPRS + ("rip",)}
-        v["eflags"] = struct.pack("<I", r.rflags & 0xFFFFFFFF)
-        for name in SEGMENTS:
-            v[name] = struct.pack("<I", getattr(s, name).selector)
-        for i in range(8):
-            v[f"st{i}"] = bytes(f.fpr[16 * i:16 * i + 10])
-        ftag = sum((0 if f.ftwx >> i & 1 else 3) << 2 * i for i in range(8))   # abridged -> full tag word
-        ctrl = (f.fcw, f.fsw, ftag, f.last_ip >> 32, f.last_ip & 0xFFFFFFFF, f.last_dp >> 32,
-                f.last_dp & 0xFFFFFFFF, f.last_opcode)
-        for name, value in zip(X87_CTRL, ctrl):
-            v[name] = struct.pack("<I", value & 0xFFFFFFFF)
-        for i in range(16):
-            v[f"xmm{i}"] = bytes(f.xmm[16 * i:16 * i + 16])
-        v["mxcsr"] = struct.pack("<I", f.mxcsr)
-        v["fs_base"], v["gs_base"] = struct.pack("<Q", s.fs.base), struct.pack("<Q", s.gs.base)
-        return v
-
-    def read_registers(self) -> bytes:
-        v = self._values()
-        return b"".join(v[name] for name, _ in LAYOUT)
-
-    def register_bytes(self, n: int) -> bytes:
-        return self._values()[LAYOUT[n][0]]
-
-    def write_registers(self, data: bytes) -> None:
-        """G: the general registers, RIP and RFLAGS (the rest of the block is ignored)."""
-        need = sum(size for _, size in LAYOUT[:18])
-        if len(data) < need:
-            raise ValueError("short G packet")
-        r = self.vm.vcpu.get_regs()
-        off = 0
-        for name, size in LAYOUT[:18]:
-            value = int.from_bytes(data[off:off + size], "little")
-            if name == "eflags":
-                r.rflags = value | 2
-            else:
-                setattr(r, name, value)
-            off += size
-        self.vm.vcpu.set_regs(r)
-
-    # --- breakpoints, stepping, stops ----------------------------------------------------------
-    def breakpoint(self, insert: bool, kind: int, addr: int, length: int = 1) -> bytes:
-        # Data breakpoints in the debug registers never fire for the emulated CPL0 code of
-        # kvm_pvm (probed: docs/debugging.md): declining Z2-Z4 makes gdb watch by single-stepping.
-        if kind not in DR_TYPE or (kind >= 2 and (self.data_breakpoints_unusable or length not in DR_LEN)):
-            return b""
-        key = (DR_TYPE[kind], addr, 1 if kind < 2 else length)
-        if insert:
-            self.vm.mem.check(addr, key[2])
-            if key not in self.hw and len(self.hw) == 4:
-                return b"E01"                            # four debug registers
-            self.hw[key] = self.hw.get(key, 0) + 1
-        elif key in self.hw:
-            self.hw[key] -= 1
-            if not self.hw[key]:
-                del self.hw[key]
-        return b"OK"
-
-    def _apply_debug(self) -> None:
-        regs = [0] * 8
-        dr7 = DR7_GLOBAL_EXACT
-        for i, (rw, addr, length) in enumerate(self.hw):
-            regs[i] = addr
-            dr7 |= 2 << 2 * i | rw << 16 + 4 * i | DR_LEN[length] << 18 + 4 * i
-        regs[7] = dr7
-        control = 0
-        if self.enabled:
-            control = abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_HW_BP
-            if self.stepping:
-                control |= abi.KVM_GUESTDBG_SINGLESTEP
-        self.vm.vcpu.set_guest_debug(control, regs)
+        return self.stub.host_fds() if self.stub else []
 
     def before_run(self, vm: VM) -> None:
-        if self.enabled:
-            self.serve(b"S05")
-
-    def on_debug_exit(self, run) -> None:
-        """KVM_EXIT_DEBUG: a step, a breakpoint or a watchpoint."""
-        self._running.clear()
-        _exc, _pad, _pc, dr6, _dr7 = abi.KVM_RUN_DEBUG.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
-        stop = b"T05"
-        for i, (rw, addr, _length) in enumerate(self.hw):
-            if dr6 >> i & 1 and rw:
-                stop += b"%swatch:%x;" % (b"" if rw == 1 else b"a", addr)
-                break
-        self.serve(stop)
-
-    def on_interrupt(self) -> None:
-        """The vCPU stopped for Ctrl-C."""
-        self._running.clear()
-        self.serve(b"S%02x" % SIGINT)
-
-    def _watch_for_ctrl_c(self) -> None:
-        """While the guest runs, a Ctrl-C from the debugger stops the vCPU."""
-        import select
-        import socket
-        while not self._closing:
-            if not self._running.wait(0.2):
-                continue
-            try:
-                ready = select.select([self.sock], [], [], 0.2)[0]
-                if not ready or not self._running.is_set():
-                    continue
-                data = self.sock.recv(4096, socket.MSG_PEEK)
-            except OSError:
-                return
-            if not data:
-                return
-            if b"\x03" in data:
-                self.sock.recv(data.index(b"\x03") + 1)
-                self._running.clear()
-                self.vm.interrupt()
+        if self.stub:
+            self.stub.serve(b"S05")
 
     def on_halt(self, vm: VM) -> None:
-        if self.enabled and self.sock is not None:
-            self._running.clear()
-            self._send(b"W%02x" % (vm.halt_status & 0xFF))
+        if self.stub:
+            self.stub.on_halt(vm)
 
     def on_fatal(self, vm: VM) -> None:
-        if self.enabled and self.sock is not None:
-            self._running.clear()
-            try:
-                self._send(b"X%02x" % SIGKILL)
-            except OSError:
-                pass
+        if self.stub:
+            self.stub.on_fatal(vm)
 
     def close(self) -> None:
-        self._closing = True
-        if self._watcher is not None:
-            self._watcher.join(1)
-            self._watcher = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        if self.stub:
+            self.stub.close()
+            self.stub = None
