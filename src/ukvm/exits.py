@@ -10,17 +10,15 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
 from ukvm.kvm import abi
 
-SV_REPORT_PORT = 0x5FE   # supervisor.SV_REPORT_PORT, without importing the supervisor
-
-
 
 class HypercallTable:
     """Handlers indexed by hypercall number; each takes the argument GPA."""
 
     def __init__(self):
         self.handlers: list = [None] * hvt.HVT_HYPERCALL_MAX
-        # Under the CPL3 supervisor: builds the error its report port stands for (supervisor.py).
-        self.on_report_port: Callable[[], GuestFault] | None = None
+        # Under the CPL3 supervisor: (its report port, a builder of the error a report stands
+        # for); supervisor.py.
+        self.report_port: tuple[int, Callable[[], GuestFault]] | None = None
         # Under --gdb: handles KVM_EXIT_DEBUG (gdbstub.py).
         self.on_debug_exit: Callable[[object], None] | None = None
 
@@ -44,8 +42,8 @@ def handle_exit(run, table: HypercallTable, get_rip: Callable[[], int],
         direction, size, port, _count, data_offset = abi.KVM_RUN_IO.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
         nr = port - hvt.HVT_HYPERCALL_PIO_BASE
         if direction != abi.KVM_EXIT_IO_OUT or size != 4 or not 0 <= nr < hvt.HVT_HYPERCALL_MAX:
-            if port == SV_REPORT_PORT and table.on_report_port is not None:
-                raise table.on_report_port()
+            if table.report_port is not None and port == table.report_port[0]:
+                raise table.report_port[1]()
             raise GuestFault(f"Invalid guest port access: port={port:#x}")
         gpa = hvt.U32.unpack_from(run, data_offset)[0]
         if nr == hvt.HVT_HYPERCALL_HALT:

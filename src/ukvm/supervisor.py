@@ -31,6 +31,7 @@ SV_CODE_END = 0xC000
 SV_STATE = 0xC000
 SV_IDT = 0xC400
 SV_TSS = 0xC800
+SV_STACK_BASE = 0xD000
 SV_STACK_TOP = 0xF000
 SV_DF_STACK_TOP = 0x10000
 SV_REPORT_PORT = 0x5FE
@@ -194,7 +195,7 @@ def reported_guest_regs(mem: GuestMemory) -> dict[str, int] | None:
     report (for core dumps: the vCPU itself then sits in the supervisor)."""
     st = state(mem)
     frame = st["report_frame"]
-    if not st["report_reason"] or not SV_STACK_TOP - 0x2000 <= frame <= SV_DF_STACK_TOP - FRAME.size:
+    if not st["report_reason"] or not SV_STACK_BASE <= frame <= SV_DF_STACK_TOP - FRAME.size:
         return None
     values = FRAME.unpack(mem.host_read(frame, FRAME.size))
     regs = {name: v for name, v in zip(FRAME_GPRS, values) if name}

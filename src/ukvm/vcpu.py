@@ -99,7 +99,7 @@ def setup_vcpu(kvm: Kvm, vcpu: VcpuFd, entry: int, mem_limit: int, cpl3: bool = 
     (FSGSBASE accepted); otherwise the state is exactly the hvt one, or `sregs` when given (the
     supervisor's)."""
     vcpu.set_cpuid2(kvm.supported_cpuid())
-    sregs = sregs or initial_sregs()
+    sregs = sregs if sregs is not None else initial_sregs()
     usable = False
     if cpl3:
         for extra in (X86_CR4_FSGSBASE | X86_CR4_OSXSAVE, X86_CR4_FSGSBASE):

@@ -31,8 +31,10 @@ GUEST_CPL_CHOICES = ("auto", "0", "3")
 # data_offset, in one unpack.
 EXIT_IO = struct.Struct("<I20xBBHIQ")
 EXIT_IO_OFFSET = abi.KVM_RUN_EXIT_REASON_OFFSET
-FIRST_HANDLED_PORT = hvt.HVT_HYPERCALL_PIO_BASE + 1
-HALT_PORT = hvt.HVT_HYPERCALL_PIO_BASE + hvt.HVT_HYPERCALL_HALT
+KVM_EXIT_IO, KVM_EXIT_IO_OUT = abi.KVM_EXIT_IO, abi.KVM_EXIT_IO_OUT
+PIO_BASE = hvt.HVT_HYPERCALL_PIO_BASE
+FIRST_HANDLED_PORT = PIO_BASE + 1
+HALT_PORT = PIO_BASE + hvt.HVT_HYPERCALL_HALT
 
 
 def _stderr_warn(message: str) -> None:
@@ -154,7 +156,7 @@ class VM:
         sregs = None
         if self.supervised:
             sregs = supervisor.install(self.mem, code)
-            self.hypercalls.on_report_port = lambda: supervisor.report_error(self.mem)
+            self.hypercalls.report_port = (supervisor.SV_REPORT_PORT, lambda: supervisor.report_error(self.mem))
         if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=runtime_cpl3, sregs=sregs):
             self.host_features |= hvt.UKVM_FEATURE_CPL3
         # The CPL the guest's code runs at: 3 under the supervisor or after the runtime's drop.
@@ -187,13 +189,15 @@ class VM:
     def fail_from_thread(self, error: UkvmError) -> None:
         """A helper thread (the ring server) hit a fatal error: stop the vCPU and raise it there."""
         self._thread_error = error
-        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1    # if it is not inside KVM_RUN now
-        if self._run_thread is not None:
-            signal.pthread_kill(self._run_thread, signal.SIGUSR1)
+        self._stop_vcpu()
 
     def interrupt(self) -> None:
         """Stop the vCPU from another thread and call on_interrupt in the run loop (gdb's Ctrl-C)."""
         self._interrupted = True
+        self._stop_vcpu()
+
+    def _stop_vcpu(self) -> None:
+        """Make KVM_RUN return EINTR, whether the vCPU thread is inside it now or enters it next."""
         self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1
         if self._run_thread is not None:
             signal.pthread_kill(self._run_thread, signal.SIGUSR1)
@@ -244,9 +248,9 @@ class VM:
                     raise translation_fault(self.rip())
                 raise KvmError(f"KVM: ioctl (RUN) failed: {os.strerror(err)}")
             reason, direction, size, port, _count, data_offset = unpack_exit(run_area, EXIT_IO_OFFSET)
-            if reason == abi.KVM_EXIT_IO and direction == abi.KVM_EXIT_IO_OUT and size == 4 \
+            if reason == KVM_EXIT_IO and direction == KVM_EXIT_IO_OUT and size == 4 \
                     and FIRST_HANDLED_PORT <= port < HALT_PORT:
-                handler = handlers[port - hvt.HVT_HYPERCALL_PIO_BASE]
+                handler = handlers[port - PIO_BASE]
                 if handler is not None:
                     handler(unpack_gpa(run_area, data_offset)[0])
                     continue

@@ -14,6 +14,7 @@
 #define SV_STATE         0xc000   /* struct sv_state: configuration, virtual CPU, report */
 #define SV_IDT           0xc400   /* the real IDT: 32 gates, written by the tender */
 #define SV_TSS           0xc800   /* the real TSS with its I/O permission bitmap */
+#define SV_STACK_BASE    0xd000   /* the supervisor's stack: SV_STACK_BASE to SV_STACK_TOP */
 #define SV_STACK_TOP     0xf000   /* RSP0: every exception from CPL3 starts here */
 #define SV_DF_STACK_TOP  0x10000  /* IST1: NMI, #DF, #MC */
 #define SV_REPORT_PORT   0x5fe    /* outl of a report reason; closed to CPL3 by the TSS bitmap */
