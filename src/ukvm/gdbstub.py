@@ -15,10 +15,14 @@ are served from the debug registers too: at most four breakpoints and watchpoint
 from __future__ import annotations
 
 import os
+import select
+import socket
 import struct
+import threading
 
 from ukvm.errors import GuestMemoryError, UkvmError, UsageError
 from ukvm.kvm import abi
+from ukvm.vcpu import host_emulates_cpl0
 
 SIGINT, SIGKILL = 2, 9
 MAX_PACKET = 4096
@@ -181,12 +185,9 @@ class GdbStub:
 
     # --- set-up: wait for the debugger ---------------------------------------------------------
     def connect(self, port: int) -> None:
-        import socket
-        import threading
         vm = self.vm
         self._running = threading.Event()
-        from ukvm.vcpu import host_emulates_cpl0      # asked now: the sandbox forbids stat later
-        self.data_breakpoints_unusable = host_emulates_cpl0()
+        self.data_breakpoints_unusable = host_emulates_cpl0()    # now: the sandbox forbids stat later
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -415,8 +416,6 @@ class GdbStub:
 
     def _watch_for_ctrl_c(self) -> None:
         """While the guest runs, a Ctrl-C from the debugger stops the vCPU."""
-        import select
-        import socket
         while not self._closing:
             if not self._running.wait(0.2):
                 continue
