@@ -14,8 +14,8 @@ import struct
 
 from ukvm.errors import UkvmError, UsageError
 from ukvm.modules import Module
+from ukvm.sandbox import CORE_OPEN_FLAGS     # the one open the sandbox allows
 
-CORE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 ELF_HEADER = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 NOTE_HEADER = struct.Struct("<III8s")
@@ -72,7 +72,7 @@ class DumpcoreModule(Module):
     def dump(self, vm: VM, cookie: int) -> None:
         path = os.path.join(self.dir, self.core_name)
         try:
-            fd = os.open(self.core_name, CORE_FLAGS, 0o600, dir_fd=self.dirfd)
+            fd = os.open(self.core_name, CORE_OPEN_FLAGS, 0o600, dir_fd=self.dirfd)
         except OSError as e:
             self.warn(f"dumpcore: open({path}): {os.strerror(e.errno)}")
             self.warn("dumpcore: error(s) dumping core, file may be incomplete")
