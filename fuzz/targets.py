@@ -18,7 +18,8 @@ from ukvm.memory import PROT_READ, GuestMemory                          # noqa: 
 from ukvm.modules.block import BlockModule                              # noqa: E402
 from ukvm.modules.core import CoreModule                                # noqa: E402
 from ukvm.modules.net import NetDevice                                  # noqa: E402
-from ukvm.ring import RingServer                                        # noqa: E402
+from ukvm.modules.net.backend import NetBackend
+from ukvm.modules.net.ring import RingServer                                        # noqa: E402
 
 MIB = 1 << 20
 _memfd = os.memfd_create("ukvm-fuzz-elf")
@@ -106,7 +107,7 @@ def fuzz_ring(data: bytes) -> None:
     a, b = os.pipe()
     os.set_blocking(a, False)
     entry = Entry(1, "service0", MFT_DEV_NET_BASIC)
-    server = RingServer(mem, {1: NetDevice(entry, "fuzz", a, 1500)}, os.eventfd(0), lambda e: None)
+    server = RingServer(mem, {1: NetDevice(entry, NetBackend("fuzz", a, 1500, owns_fd=False))}, os.eventfd(0), lambda e: None)
     try:
         n = min(len(data) // 32, 1024)
         ring = server.ring

@@ -30,6 +30,10 @@ def run_usage(prog: str) -> str:
         "    --help (display this help)",
         "    --version (display version information)",
         "    --x-no-sandbox (debugging: do not confine the tender with seccomp)",
+        "    --stats (print each hypercall's count and handler time at exit)",
+        "    --snapshot-at=ready --snapshot=FILE (run until the guest first waits with no input",
+        "      pending, write its snapshot to FILE and exit 0; not confined by seccomp)",
+        "    --restore=FILE (go on from a snapshot instead of KERNEL; attach the same devices)",
         "    --x-guest-cpl=auto|0|3 (privilege level of the guest's code; auto: 3 for guests built by",
         "      ukvm build, and for other guests under ukvm's supervisor where the host emulates CPL0)",
         "Compiled-in modules: " + "".join(cls.name + " " for cls in module_classes()),
@@ -68,20 +72,39 @@ def _signal_exit(signum, _frame):
     raise SignalExit(signum)
 
 
+def _run_to_snapshot(vm: VM, path: str, prog: str) -> int:
+    """--snapshot-at=ready: run until the first POLL with nothing pending, then write the
+    snapshot. Unconfined: it creates a memfd and the file (docs/serve.md)."""
+    vm.core.on_idle = vm.request_stop
+    status = vm.run()
+    if status is not None:
+        print(f"{prog}: the guest exited (status {status}) before it was ready; no snapshot written",
+              file=sys.stderr, flush=True)
+        return status
+    snap = vm.snapshot()
+    try:
+        snap.save(path)
+    finally:
+        snap.close()
+    print(f"{prog}: snapshot written to {path}", file=sys.stderr, flush=True)
+    return 0
+
+
 def run_main(argv: list[str], prog: str) -> int:
     """`ukvm run ARGS` / `ukvm-hvt ARGS`; returns the process exit status."""
     err = sys.stderr
     try:
         # Pass 1: find KERNEL; --help and --version act at once.
         kernel_at = None
+        restore = None
         i = 0
         while i < len(argv):
             arg = argv[i]
-            if arg == "--":
-                kernel_at = i + 1 if i + 1 < len(argv) else None
-                break
-            if not arg.startswith("-"):
-                kernel_at = i
+            if arg.startswith("--restore="):
+                restore = arg[len("--restore="):]
+            if arg == "--" or not arg.startswith("-"):
+                at = i + 1 if arg == "--" else i
+                kernel_at = at if at < len(argv) else None
                 break
             if arg == "--help":
                 print(run_usage(prog), file=err)
@@ -90,9 +113,16 @@ def run_main(argv: list[str], prog: str) -> int:
                 print(f"{prog} tender, version {__version__}\nABI version {hvt.HVT_ABI_VERSION}", file=err)
                 return 0
             i += 1
-        if kernel_at is None:
+        if restore is not None:
+            if kernel_at is not None:
+                raise UsageError("--restore goes on from a snapshot: no KERNEL or ARGS may be given")
+            kernel_at = len(argv)
+            from ukvm.snapshot import Snapshot
+            kernel = Snapshot.load(restore)
+        elif kernel_at is None:
             raise UsageError("Missing KERNEL operand")
-        kernel = Kernel(argv[kernel_at])
+        else:
+            kernel = Kernel(argv[kernel_at])
         try:
             manifest = kernel.manifest()
             modules = default_modules(manifest)
@@ -102,6 +132,8 @@ def run_main(argv: list[str], prog: str) -> int:
             mem = hvt.MEM_DEFAULT
             sandboxed = True
             guest_cpl = "auto"
+            stats = False
+            snapshot_at = snapshot_file = None
             for arg in argv[:kernel_at]:
                 if arg == "--":
                     break
@@ -109,17 +141,38 @@ def run_main(argv: list[str], prog: str) -> int:
                     mem = parse_mem(arg[len("--mem="):])
                 elif arg == "--x-no-sandbox":
                     sandboxed = False
+                elif arg == "--stats":
+                    stats = True
+                elif arg.startswith("--snapshot-at="):
+                    snapshot_at = arg[len("--snapshot-at="):]
+                    if snapshot_at != "ready":
+                        raise UsageError(f"Malformed argument to --snapshot-at (only `ready'): `{snapshot_at}'")
+                elif arg.startswith("--snapshot="):
+                    snapshot_file = arg[len("--snapshot="):]
+                elif arg.startswith("--restore="):
+                    pass
                 elif arg.startswith("--x-guest-cpl="):
                     guest_cpl = arg[len("--x-guest-cpl="):]
                     if guest_cpl not in GUEST_CPL_CHOICES:
                         raise UsageError(f"Malformed argument to --x-guest-cpl (auto, 0 or 3): `{guest_cpl}'")
                 elif not any(m.handle_arg(arg) for m in modules):
                     raise UsageError(f"Invalid option: `{arg}'")
+            if (snapshot_at is None) != (snapshot_file is None):
+                raise UsageError("--snapshot-at=ready and --snapshot=FILE go together")
+            if snapshot_file is not None and restore is not None:
+                raise UsageError("--snapshot and --restore cannot be combined")
             signal.signal(signal.SIGINT, _signal_exit)
             signal.signal(signal.SIGTERM, _signal_exit)
-            vm = VM(kernel, argv[kernel_at + 1:], mem, modules,
-                    warn=lambda msg: print(f"{prog}: {msg}", file=err, flush=True), guest_cpl=guest_cpl)
+            warn = lambda msg: print(f"{prog}: {msg}", file=err, flush=True)   # noqa: E731
+            if restore is not None:
+                vm = VM.from_snapshot(kernel, modules, warn=warn)
+            else:
+                vm = VM(kernel, argv[kernel_at + 1:], mem, modules, warn=warn, guest_cpl=guest_cpl)
             try:
+                if stats:
+                    vm.enable_stats()
+                if snapshot_file is not None:
+                    return _run_to_snapshot(vm, snapshot_file, prog)
                 if sandboxed:
                     _test_hook_open_after_sandbox(vm)
                     sandbox_vm(vm)
@@ -128,6 +181,8 @@ def run_main(argv: list[str], prog: str) -> int:
                           "a compromised tender can do anything this process can.", file=err, flush=True)
                 return vm.run()
             finally:
+                if stats:
+                    print(vm.stats.report(), file=err, flush=True)
                 vm.close()
         finally:
             kernel.close()
@@ -147,6 +202,8 @@ def run_main(argv: list[str], prog: str) -> int:
 MAIN_USAGE = """usage: ukvm COMMAND ...
 Commands:
   run [ OPTIONS ] [ -- ] KERNEL [ ARGS ]   run a unikernel (same options as solo5-hvt; see run --help)
+  serve [ OPTIONS ] --listen=HOST:PORT --guest=IP:PORT APP.hvt [ ARGS ]
+                                           a fresh VM clone per TCP connection (see serve --help)
   build SRC... -o APP.hvt [ --manifest manifest.json ] [ --cflags=FLAGS ]
                                            compile and link a unikernel against the ukvm runtime
   manifest gen SOURCE.json OUTPUT.c|OUTPUT.o   generate the manifest note (- for stdin/stdout)
@@ -166,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "run":
         exit_now(run_main(rest, "ukvm"))
+    if cmd == "serve":
+        from ukvm.serve import serve_main
+        return serve_main(rest)
     if cmd == "build":
         from ukvm.build import build_main
         return build_main(rest)

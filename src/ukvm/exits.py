@@ -6,9 +6,16 @@ halts; everything fatal raises GuestFault with the upstream message.
 """
 from __future__ import annotations
 
+import time
+
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
 from ukvm.kvm import abi
+
+HYPERCALL_NAMES = {hvt.HVT_HYPERCALL_WALLTIME: "walltime", hvt.HVT_HYPERCALL_PUTS: "puts",
+                   hvt.HVT_HYPERCALL_POLL: "poll", hvt.HVT_HYPERCALL_BLOCK_WRITE: "block_write",
+                   hvt.HVT_HYPERCALL_BLOCK_READ: "block_read", hvt.HVT_HYPERCALL_NET_WRITE: "net_write",
+                   hvt.HVT_HYPERCALL_NET_READ: "net_read", hvt.HVT_HYPERCALL_HALT: "halt"}
 
 
 class HypercallTable:
@@ -28,6 +35,47 @@ class HypercallTable:
         if self.handlers[nr] is not None:
             raise ValueError(f"hypercall {nr} already registered")
         self.handlers[nr] = handler
+
+    def enable_stats(self) -> HypercallStats:
+        """Count every registered hypercall and the time its handler takes (`ukvm run --stats`,
+        `ukvm serve`'s metrics). Call after the modules registered; without it the exit loop
+        pays nothing."""
+        stats = HypercallStats()
+        for nr, handler in enumerate(self.handlers):
+            if handler is not None:
+                self.handlers[nr] = stats.wrap(nr, handler)
+        return stats
+
+
+class HypercallStats:
+    """Per hypercall: how many, and the seconds spent in the tender's handler."""
+
+    def __init__(self):
+        self.counts = [0] * hvt.HVT_HYPERCALL_MAX
+        self.seconds = [0.0] * hvt.HVT_HYPERCALL_MAX
+
+    def wrap(self, nr: int, handler: Callable[[int], None]) -> Callable[[int], None]:
+        counts, seconds, clock = self.counts, self.seconds, time.perf_counter
+
+        def counted(gpa: int) -> None:
+            t0 = clock()
+            try:
+                handler(gpa)
+            finally:
+                counts[nr] += 1
+                seconds[nr] += clock() - t0
+        return counted
+
+    def count_halt(self) -> None:
+        self.counts[hvt.HVT_HYPERCALL_HALT] += 1
+
+    def report(self) -> str:
+        lines = [f"{'hypercall':<12} {'count':>10} {'total ms':>10} {'mean us':>9}"]
+        for nr, name in HYPERCALL_NAMES.items():
+            if self.counts[nr]:
+                mean = self.seconds[nr] / self.counts[nr] * 1e6
+                lines.append(f"{name:<12} {self.counts[nr]:>10} {self.seconds[nr] * 1e3:>10.3f} {mean:>9.1f}")
+        return "\n".join(lines)
 
 
 def translation_fault(rip: int) -> GuestFault:

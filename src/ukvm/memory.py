@@ -27,10 +27,16 @@ _libc.mprotect.restype = ctypes.c_int
 
 
 class GuestMemory:
-    def __init__(self, size: int):
+    def __init__(self, size: int, backing: tuple[int, int] | None = None):
+        """Anonymous memory, or with `backing` = (fd, offset) a private copy-on-write mapping of
+        that file range (a snapshot's memory: snapshot.py)."""
         try:
-            self._mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
-                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            if backing is None:
+                self._mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
+                                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            else:
+                self._mm = mmap.mmap(backing[0], size, flags=mmap.MAP_PRIVATE | MAP_NORESERVE,
+                                     prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=backing[1])
         except OSError as e:
             raise KvmError(f"Error allocating guest memory: {os.strerror(e.errno)}") from None
         # SAFETY: the pin is dropped at once; the address stays valid while self._mm is open.
@@ -168,7 +174,32 @@ class GuestMemory:
         if not prot & PROT_WRITE:
             self._write_floor = max(self._write_floor, end)
 
+    def protected_ranges(self) -> dict[str, list[tuple[int, int]]]:
+        return {"readonly": list(self._readonly), "noaccess": list(self._noaccess)}
+
+    def discard(self, start: int, end: int) -> None:
+        """Drop [start, end)'s private pages: a file-backed mapping reads the file's bytes again."""
+        self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         if not self._mm.closed:
             self._mv.release()
             self._mm.close()
+
+
+class TrackedGuestMemory(GuestMemory):
+    """Guest memory of a clone: remembers which pages the tender wrote for the guest (hypercall
+    results, frames, blocks), which KVM's dirty log does not see, so that reset can drop them."""
+
+    def __init__(self, size: int, backing: tuple[int, int] | None = None):
+        super().__init__(size, backing)
+        self.host_dirty: list[tuple[int, int]] = []
+
+    def writable_view(self, gpa: int, size: int) -> memoryview:
+        view = super().writable_view(gpa, size)
+        self.host_dirty.append((gpa, size))
+        return view
+
+    def pack(self, st: struct.Struct, gpa: int, *values) -> None:
+        super().pack(st, gpa, *values)
+        self.host_dirty.append((gpa, st.size))

@@ -17,6 +17,10 @@ IFF_NO_PI = 0x1000
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
 SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
+SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
 SIOCETHTOOL = 0x8946
 ETHTOOL_SGSO = 0x24
@@ -25,6 +29,8 @@ IFNAMSIZ = 16
 IFREQ = struct.Struct("16sH22x")          # ifr_name, then a short (flags) in the union
 IFREQ_INT = struct.Struct("16si20x")      # ifr_name, then an int (mtu) in the union
 IFREQ_PTR = struct.Struct("16sQ16x")      # ifr_name, then a pointer (ifr_data)
+IFREQ_ADDR = struct.Struct("16sH2s4s16x")  # ifr_name, then a sockaddr_in (family, port, address)
+IFREQ_HWADDR = struct.Struct("16sH6s16x")  # ifr_name, then a sockaddr (family, MAC)
 
 
 def _ifreq_name(name: str) -> bytes:
@@ -92,3 +98,22 @@ def adopt_tap_fd(fd: int) -> tuple[int, int, str]:
     mtu = interface_mtu(name)
     disable_offloads(name)
     return fd, mtu, name
+
+
+def create_tap(name: str, address: bytes, netmask: bytes) -> tuple[int, bytes]:
+    """A new TAP `name` that lives as long as the returned fd, with IPv4 `address`/`netmask` on
+    the host side, up; returns (non-blocking fd, the interface's MAC). For `ukvm serve`."""
+    ifname = _ifreq_name(name)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(ifname, IFF_TAP | IFF_NO_PI))
+        _ioctl_sock(SIOCSIFADDR, IFREQ_ADDR.pack(ifname, socket.AF_INET, b"", address))
+        _ioctl_sock(SIOCSIFNETMASK, IFREQ_ADDR.pack(ifname, socket.AF_INET, b"", netmask))
+        flags = IFREQ.unpack(_ioctl_sock(SIOCGIFFLAGS, IFREQ.pack(ifname, 0)))[1]
+        _ioctl_sock(SIOCSIFFLAGS, IFREQ.pack(ifname, flags | IFF_UP))
+        mac = IFREQ_HWADDR.unpack(_ioctl_sock(SIOCGIFHWADDR, IFREQ_HWADDR.pack(ifname, 0, b"")))[2]
+    except BaseException:
+        os.close(fd)
+        raise
+    disable_offloads(name)
+    return fd, mac

@@ -21,7 +21,7 @@ from ukvm.exits import HypercallTable, handle_exit, translation_fault
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm
 from ukvm.manifest import Manifest, type_name
-from ukvm.memory import GuestMemory
+from ukvm.memory import PROT_NONE, PROT_READ, GuestMemory
 from ukvm.modules import Module, default_modules
 from ukvm.modules.core import CoreModule
 from ukvm.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
@@ -35,6 +35,38 @@ KVM_EXIT_IO, KVM_EXIT_IO_OUT = abi.KVM_EXIT_IO, abi.KVM_EXIT_IO_OUT
 PIO_BASE = hvt.HVT_HYPERCALL_PIO_BASE
 FIRST_HANDLED_PORT = PIO_BASE + 1
 HALT_PORT = PIO_BASE + hvt.HVT_HYPERCALL_HALT
+
+
+_ZERO_CHUNK = bytes(256)
+
+
+def dirty_pages(bitmap: bytes) -> set[int]:
+    """Page numbers whose bit is set in a KVM dirty bitmap (little-endian 64-bit words). Mostly
+    zeros: whole chunks are compared first (a regex is ten times slower here)."""
+    pages = set()
+    step = len(_ZERO_CHUNK)
+    for at in range(0, len(bitmap), step):
+        chunk = bitmap[at:at + step]
+        if chunk == _ZERO_CHUNK[:len(chunk)]:
+            continue
+        bits = int.from_bytes(chunk, "little")
+        base = at * 8
+        while bits:
+            low = bits & -bits
+            pages.add(base + low.bit_length() - 1)
+            bits ^= low
+    return pages
+
+
+def page_runs(pages: set[int]) -> list[tuple[int, int]]:
+    """Sorted [start, end) runs of consecutive page numbers."""
+    runs: list[tuple[int, int]] = []
+    for page in sorted(pages):
+        if runs and runs[-1][1] == page:
+            runs[-1] = (runs[-1][0], page + 1)
+        else:
+            runs.append((page, page + 1))
+    return runs
 
 
 def _stderr_warn(message: str) -> None:
@@ -108,21 +140,27 @@ class VM:
             raise ValueError(f"guest_cpl must be one of {GUEST_CPL_CHOICES}")
         self.kernel = kernel
         self.guest_cpl_choice = guest_cpl
-        self.modules = modules if modules is not None else default_modules(kernel.manifest())
+        self._init_state(modules if modules is not None else default_modules(kernel.manifest()), warn)
+        try:
+            self._create(args, mem)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_state(self, modules: list[Module], warn: Callable[[str], None]) -> None:
+        self.modules = modules
         self.manifest = self.modules[0].manifest
         self.core = next(m for m in self.modules if isinstance(m, CoreModule))
         self.hypercalls = HypercallTable()
         self.warn = warn
         self._thread_error: UkvmError | None = None
         self._interrupted = False
+        self._stop_requested = False
         self.on_interrupt: Callable[[], None] | None = None     # --gdb: a Ctrl-C stop
         self._run_thread: int | None = None
+        self.snapshot_state = None          # the Snapshot a clone resets to (from_snapshot)
+        self.stats = None                   # HypercallStats after enable_stats()
         self.kvm = self.vmfd = self.vcpu = self.mem = None
-        try:
-            self._create(args, mem)
-        except BaseException:
-            self.close()
-            raise
 
     def _create(self, args: Sequence[str], mem_request: int) -> None:
         with_net = any(getattr(m, "needs_ring_area", False) for m in self.modules)
@@ -156,7 +194,7 @@ class VM:
         sregs = None
         if self.supervised:
             sregs = supervisor.install(self.mem, code)
-            self.hypercalls.report_port = (supervisor.SV_REPORT_PORT, lambda: supervisor.report_error(self.mem))
+            self._register_supervisor()
         if setup_vcpu(self.kvm, self.vcpu, loaded.entry, self.mem.limit, cpl3=runtime_cpl3, sregs=sregs):
             self.host_features |= hvt.UKVM_FEATURE_CPL3
         # The CPL the guest's code runs at: 3 under the supervisor or after the runtime's drop.
@@ -167,6 +205,99 @@ class VM:
             module.setup(self)
         self._check_attached()
         self._write_boot_info(loaded.kernel_end, tsc_hz, join_cmdline(args))
+
+    def _register_supervisor(self) -> None:
+        from ukvm import supervisor
+        self.hypercalls.report_port = (supervisor.SV_REPORT_PORT, lambda: supervisor.report_error(self.mem))
+
+    # --- snapshots (snapshot.py, docs/serve.md) ------------------------------------------------
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, modules: list[Module] | None = None,
+                      warn: Callable[[str], None] = _stderr_warn) -> VM:
+        """A VM that goes on from `snap`, its memory a private copy-on-write mapping of the
+        snapshot's; reset() brings it back there. `modules` (built on snap.manifest()) carry the
+        devices to attach; their state comes from the snapshot."""
+        from ukvm.memory import TrackedGuestMemory
+        from ukvm.snapshot import SnapshotError
+        self = cls.__new__(cls)
+        self.kernel = None
+        self.guest_cpl_choice = "auto"
+        self._init_state(modules if modules is not None else default_modules(snap.manifest()), warn)
+        try:
+            if any(getattr(m, "needs_ring_area", False) for m in self.modules) != (snap.size > snap.limit):
+                raise SnapshotError(f"{snap.path}: the snapshot's network devices must be attached, and only they")
+            self.kvm = Kvm()
+            self.vmfd = self.kvm.create_vm()
+            self.vcpu = self.vmfd.create_vcpu(self.kvm)
+            self.mem = TrackedGuestMemory(snap.size, (snap.mem_fd, snap.mem_offset))
+            self.mem.limit = snap.limit
+            for kind, prot in (("readonly", PROT_READ), ("noaccess", PROT_NONE)):
+                for start, end in snap.protections[kind]:
+                    self.mem.protect(start, end, prot)
+            self.vmfd.set_user_memory_region(0, 0, snap.size, self.mem.host_addr, log_dirty=True)
+            self._dirty_bitmap = (ctypes.c_uint64 * ((snap.size // 4096 + 63) // 64))()
+            self.vcpu.set_cpuid2(self.kvm.supported_cpuid())
+            snap.vcpu.restore(self.vcpu)
+            self.host_features, self.ring_gpa = snap.host_features, snap.ring_gpa
+            self.guest_cpl, self.supervised = snap.guest_cpl, snap.supervised
+            if self.supervised:
+                self._register_supervisor()
+            self.snapshot_state = snap
+            for module in self.modules:
+                module.restore(self, snap.modules.get(module.name, {}))
+            self._check_attached()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def snapshot(self) -> Snapshot:
+        """Capture this VM, stopped at a hypercall boundary (run() returned None)."""
+        from ukvm.snapshot import Snapshot, VcpuState, capture_memory
+        if self._run_thread is not None:
+            raise UkvmError("snapshot: the VM is running")
+        for module in self.modules:
+            module.quiesce(self)
+        vcpu = VcpuState.capture(self.kvm, self.vcpu)
+        return Snapshot(capture_memory(self.mem), 0, self.mem.size, self.mem.limit,
+                        self.mem.protected_ranges(), vcpu, self.host_features, self.ring_gpa,
+                        self.guest_cpl, self.supervised,
+                        self.kernel.manifest_payload if self.kernel else self.snapshot_state.manifest_payload,
+                        {m.name: m.snapshot_state() for m in self.modules},
+                        self.kernel.path if self.kernel else self.snapshot_state.kernel)
+
+    def reset(self) -> None:
+        """Back to the snapshot this clone came from, reusing every KVM object: the pages the
+        guest or the tender wrote are dropped (they read the snapshot's bytes again), the
+        registers reloaded, the modules told."""
+        snap = self.snapshot_state
+        if snap is None:
+            raise UkvmError("reset: this VM was not made from a snapshot")
+        for module in self.modules:
+            module.quiesce(self)
+        mem = self.mem
+        self.vmfd.get_dirty_log(0, self._dirty_bitmap)
+        pages = dirty_pages(bytes(self._dirty_bitmap))
+        for gpa, size in mem.host_dirty:
+            pages.update(range(gpa >> 12, (gpa + size + 4095) >> 12))
+        mem.host_dirty.clear()
+        if snap.size > snap.limit:
+            pages.update(range(snap.limit >> 12, snap.size >> 12))      # the network ring
+        for start, end in page_runs(pages):
+            mem.discard(start << 12, end << 12)
+        snap.vcpu.restore(self.vcpu)
+        self._stop_requested = self._interrupted = False
+        self._thread_error = None
+        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0
+        for module in self.modules:
+            module.on_reset(self)
+
+    def request_stop(self) -> None:
+        """Make run() return None at the next exit, from any thread; a guest waiting in POLL is
+        woken, a spinning one stopped."""
+        self._stop_requested = True
+        self.core.wake()
+        self._stop_vcpu()
 
     def _check_attached(self) -> None:
         missing = [e for e in self.manifest.devices() if not e.attached]
@@ -199,17 +330,26 @@ class VM:
     def _stop_vcpu(self) -> None:
         """Make KVM_RUN return EINTR, whether the vCPU thread is inside it now or enters it next."""
         self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 1
-        if self._run_thread is not None:
-            signal.pthread_kill(self._run_thread, signal.SIGUSR1)
+        thread = self._run_thread
+        if thread is not None:
+            try:
+                signal.pthread_kill(thread, signal.SIGUSR1)
+            except (ProcessLookupError, OSError):
+                pass          # the run ended meanwhile; immediate_exit covers the next one
 
-    def run(self) -> int:
-        """Run the guest until it halts; returns the tender's exit status (guest status & 0xff)."""
+    def run(self) -> int | None:
+        """Run the guest until it halts; returns the tender's exit status (guest status & 0xff),
+        or None when request_stop() ended the run at a hypercall boundary."""
         try:   # only the main thread may install handlers; elsewhere thread errors wait for an exit
             old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: None)
             in_main = True
         except ValueError:
             in_main = False
-        self._run_thread = _thread.get_ident() if in_main else None
+        # From another thread, signal only when someone (ukvm serve) installed a handler: the
+        # default action would end the process.
+        handler = old_usr1 if in_main else signal.getsignal(signal.SIGUSR1)
+        if in_main or callable(handler):
+            self._run_thread = _thread.get_ident()
         try:
             for module in self.modules:
                 module.before_run(self)
@@ -239,6 +379,9 @@ class VM:
                 if err == errno.EINTR:
                     if self._thread_error is not None:
                         raise self._thread_error from None
+                    if self._stop_requested:
+                        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0
+                        return None
                     if self._interrupted:
                         self._interrupted = False
                         self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0
@@ -258,7 +401,14 @@ class VM:
             if halt_gpa is not None:
                 return self._halt(halt_gpa)
 
+    def enable_stats(self):
+        """Count hypercalls and their handler times from now on (exits.HypercallStats)."""
+        self.stats = self.hypercalls.enable_stats()
+        return self.stats
+
     def _halt(self, gpa: int) -> int:
+        if self.stats is not None:
+            self.stats.count_halt()
         cookie, status = self.mem.unpack(hvt.hvt_hc_halt, gpa)
         if cookie:
             self.mem.check(cookie, hvt.HVT_HALT_COOKIE_MAX)

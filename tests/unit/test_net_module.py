@@ -13,6 +13,7 @@ from ukvm.manifest import MFT_DEV_NET_BASIC, Manifest
 from ukvm.memory import PROT_READ, GuestMemory
 from ukvm.modules.core import CoreModule
 from ukvm.modules.net import NetDevice, NetModule, parse_mac
+from ukvm.modules.net.backend import NetBackend
 
 MIB = 1 << 20
 ARG, BUF = 0x200000, 0x210000
@@ -27,7 +28,7 @@ def net():
     guest_end.setblocking(False)
     mod = NetModule(manifest)
     mod.ring_mode = "off"
-    mod.devices["service0"] = NetDevice(manifest.entries[1], "tap", guest_end.fileno(), 1500, owns_fd=False)
+    mod.devices["service0"] = NetDevice(manifest.entries[1], NetBackend("tap", guest_end.fileno(), 1500, owns_fd=False))
     vm = FakeVM(mem)
     vm.core = CoreModule(manifest)
     vm.host_features = 0

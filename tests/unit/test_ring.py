@@ -11,7 +11,8 @@ from ukvm.errors import GuestMemoryError
 from ukvm.manifest import MFT_DEV_NET_BASIC, Manifest
 from ukvm.memory import GuestMemory
 from ukvm.modules.net import NetDevice
-from ukvm.ring import OFF_COMMITS, OFF_ENTRIES, RING_COMMIT, RING_ENTRY, RingServer
+from ukvm.modules.net.backend import NetBackend
+from ukvm.modules.net.ring import OFF_COMMITS, OFF_ENTRIES, RING_COMMIT, RING_ENTRY, RingServer
 
 MIB = 1 << 20
 # Control-word byte offsets as hvt-abi.md section 9.3 gives them (the server addresses them as
@@ -27,7 +28,7 @@ def ring():
     guest_end.setblocking(False)
     entry = Manifest.parse(manifest_payload(("service0", MFT_DEV_NET_BASIC)), "t").entries[1]
     errors = []
-    server = RingServer(mem, {1: NetDevice(entry, "tap", guest_end.fileno(), 1500)}, os.eventfd(0), errors.append)
+    server = RingServer(mem, {1: NetDevice(entry, NetBackend("tap", guest_end.fileno(), 1500, owns_fd=False))}, os.eventfd(0), errors.append)
     server.host = host_end
     yield server
     server.stop()

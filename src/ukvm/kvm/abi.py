@@ -109,6 +109,33 @@ class kvm_fpu(ctypes.Structure):
                 ("xmm", ctypes.c_uint8 * 256), ("mxcsr", ctypes.c_uint32), ("pad2", ctypes.c_uint32)]
 
 
+class kvm_xsave(ctypes.Structure):
+    _fields_ = [("region", ctypes.c_uint32 * 1024)]
+
+
+class kvm_msr_entry(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+
+
+class kvm_msrs(ctypes.Structure):     # the header; msrs_type(n) appends n entries
+    _fields_ = [("nmsrs", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+_msrs_types: dict = {}
+
+
+def msrs_type(n: int) -> type:
+    """A kvm_msrs with room for `n` entries (one class per size, made once)."""
+    if n not in _msrs_types:
+        _msrs_types[n] = type(f"kvm_msrs_{n}", (ctypes.Structure,), {
+            "_fields_": [("nmsrs", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("entries", kvm_msr_entry * n)]})
+    return _msrs_types[n]
+
+
+class kvm_dirty_log(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("padding", ctypes.c_uint32), ("dirty_bitmap", ctypes.c_uint64)]
+
+
 class kvm_guest_debug(ctypes.Structure):
     _fields_ = [("control", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("debugreg", ctypes.c_uint64 * 8)]
 
@@ -123,6 +150,8 @@ KVM_GET_SUPPORTED_CPUID = _IOWR(0x05, kvm_cpuid2)
 KVM_CREATE_VCPU = _IO(0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, kvm_userspace_memory_region)
 KVM_IOEVENTFD = _IOW(0x79, kvm_ioeventfd)
+KVM_GET_DIRTY_LOG = _IOW(0x42, kvm_dirty_log)
+KVM_MEM_LOG_DIRTY_PAGES = 1
 # vCPU ioctls
 KVM_RUN = _IO(0x80)
 KVM_GET_REGS = _IOR(0x81, kvm_regs)
@@ -130,6 +159,12 @@ KVM_SET_REGS = _IOW(0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(0x84, kvm_sregs)
 KVM_GET_FPU = _IOR(0x8C, kvm_fpu)
+KVM_SET_FPU = _IOW(0x8D, kvm_fpu)
+KVM_GET_MSRS = _IOWR(0x88, kvm_msrs)
+KVM_SET_MSRS = _IOW(0x89, kvm_msrs)
+KVM_GET_XSAVE = _IOR(0xA4, kvm_xsave)
+KVM_SET_XSAVE = _IOW(0xA5, kvm_xsave)
+KVM_GET_XCRS = _IOR(0xA6, kvm_xcrs)
 KVM_SET_GUEST_DEBUG = _IOW(0x9B, kvm_guest_debug)
 KVM_GUESTDBG_ENABLE = 0x1
 KVM_GUESTDBG_SINGLESTEP = 0x2
@@ -142,6 +177,8 @@ KVM_API_VERSION = 12
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_IOEVENTFD = 36
 KVM_CAP_GET_TSC_KHZ = 61
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
 KVM_IOEVENTFD_FLAG_PIO = 2
 
 # kvm_run exit reasons

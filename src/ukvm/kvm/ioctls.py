@@ -73,10 +73,18 @@ class VmFd:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def set_user_memory_region(self, slot: int, gpa: int, size: int, host_addr: int) -> None:
-        region = abi.kvm_userspace_memory_region(slot=slot, flags=0, guest_phys_addr=gpa,
-                                                 memory_size=size, userspace_addr=host_addr)
+    def set_user_memory_region(self, slot: int, gpa: int, size: int, host_addr: int,
+                               log_dirty: bool = False) -> None:
+        region = abi.kvm_userspace_memory_region(
+            slot=slot, flags=abi.KVM_MEM_LOG_DIRTY_PAGES if log_dirty else 0, guest_phys_addr=gpa,
+            memory_size=size, userspace_addr=host_addr)
         _ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region, "SET_USER_MEMORY_REGION")
+
+    def get_dirty_log(self, slot: int, bitmap) -> None:
+        """Fill `bitmap` (a ctypes buffer, one bit per page) with the pages the guest wrote since
+        the last call, and start counting afresh."""
+        arg = abi.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
+        _ioctl(self.fd, abi.KVM_GET_DIRTY_LOG, arg, "GET_DIRTY_LOG")
 
     def ioeventfd(self, port: int, length: int, efd: int) -> None:
         arg = abi.kvm_ioeventfd(addr=port, len=length, fd=efd, flags=abi.KVM_IOEVENTFD_FLAG_PIO)
@@ -126,6 +134,41 @@ class VcpuFd:
         fpu = abi.kvm_fpu()
         _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "GET_FPU")
         return fpu
+
+    def set_fpu(self, fpu: abi.kvm_fpu) -> None:
+        _ioctl(self.fd, abi.KVM_SET_FPU, fpu, "SET_FPU")
+
+    def get_xsave(self) -> abi.kvm_xsave:
+        xsave = abi.kvm_xsave()
+        _ioctl(self.fd, abi.KVM_GET_XSAVE, xsave, "GET_XSAVE")
+        return xsave
+
+    def set_xsave(self, xsave: abi.kvm_xsave) -> None:
+        _ioctl(self.fd, abi.KVM_SET_XSAVE, xsave, "SET_XSAVE")
+
+    def get_xcrs(self) -> abi.kvm_xcrs:
+        xcrs = abi.kvm_xcrs()
+        _ioctl(self.fd, abi.KVM_GET_XCRS, xcrs, "GET_XCRS")
+        return xcrs
+
+    def set_xcrs(self, xcrs: abi.kvm_xcrs) -> None:
+        _ioctl(self.fd, abi.KVM_SET_XCRS, xcrs, "SET_XCRS")
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """The MSRs KVM could read, in order, up to the first it refused."""
+        msrs = abi.msrs_type(len(indices))(nmsrs=len(indices))
+        for entry, index in zip(msrs.entries, indices):
+            entry.index = index
+        got = _ioctl(self.fd, abi.KVM_GET_MSRS, msrs, "GET_MSRS")
+        return {msrs.entries[i].index: msrs.entries[i].data for i in range(got)}
+
+    def set_msrs(self, values: dict[int, int]) -> None:
+        msrs = abi.msrs_type(len(values))(nmsrs=len(values))
+        for entry, (index, data) in zip(msrs.entries, values.items()):
+            entry.index, entry.data = index, data
+        got = _ioctl(self.fd, abi.KVM_SET_MSRS, msrs, "SET_MSRS")
+        if got != len(values):
+            raise KvmError(f"KVM: ioctl (SET_MSRS) refused MSR {msrs.entries[got].index:#x}")
 
     def set_guest_debug(self, control: int, debugreg=(0,) * 8) -> None:
         dbg = abi.kvm_guest_debug(control=control)

@@ -50,6 +50,21 @@ class Module:
     def before_run(self, vm: VM) -> None:
         """Called once before the guest's first instruction (after the sandbox is in place)."""
 
+    # --- snapshots (snapshot.py) -----------------------------------------------------------------
+    def snapshot_state(self) -> dict:
+        """What the guest learned from this module at boot (JSON-able), to check on restore."""
+        return {}
+
+    def restore(self, vm: VM, state: dict) -> None:
+        """Set up on a VM made from a snapshot (instead of setup); `state` as snapshot_state gave."""
+        self.setup(vm)
+
+    def quiesce(self, vm: VM) -> None:
+        """Before a snapshot or a reset: finish the device work in flight, stop helper threads."""
+
+    def on_reset(self, vm: VM) -> None:
+        """After a reset: forget what the last run left (queued frames), restart helpers."""
+
     def host_fds(self) -> list[tuple[int, str]]:
         """The descriptors the module uses while the guest runs: (fd, "read"|"write"|"rw"|"block");
         the sandbox lets reads and writes reach these and nothing else."""

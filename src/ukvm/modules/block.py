@@ -105,6 +105,22 @@ class BlockModule(Module):
             vm.hypercalls.register(hvt.HVT_HYPERCALL_BLOCK_WRITE, self.hvt_hc_block_write)
             vm.hypercalls.register(hvt.HVT_HYPERCALL_BLOCK_READ, self.hvt_hc_block_read)
 
+    def snapshot_state(self) -> dict:
+        return {name: [dev.capacity, dev.block_size] for name, dev in self.devices.items()}
+
+    def restore(self, vm: VM, state: dict) -> None:
+        """The guest knows each device's geometry from boot: the files attached now must match.
+        Their contents are not part of a snapshot (docs/serve.md)."""
+        for name, dev in self.devices.items():
+            want = state.get(name)
+            if not (isinstance(want, list) and len(want) == 2):
+                raise HostIOError(f"{name}: not a block device of the snapshot")
+            self.sector_sizes.setdefault(name, want[1])
+            if [dev.capacity, self.sector_sizes[name]] != want:
+                raise HostIOError(f"{name}: the snapshot's guest saw {want[0]} bytes in blocks of {want[1]}; "
+                                  f"{dev.path} has {dev.capacity} bytes in blocks of {self.sector_sizes[name]}")
+        self.setup(vm)
+
     # --- hypercalls ----------------------------------------------------------------------------
     # One request per exit: the common path is a few locals and one system call (the structs are
     # bound as default arguments; docs/performance.md).

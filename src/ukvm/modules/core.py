@@ -23,12 +23,25 @@ class CoreModule(Module):
         self.pollfds: dict[int, int] = {}      # host fd -> guest handle
         self._epoll: select.epoll | None = None
         self.stdout_fd = 1
+        self.wake_fd = -1                      # an eventfd that ends a POLL early (enable_wake)
+        self.on_idle = None                    # called at a POLL with no input pending (serve)
 
     def setup(self, vm: VM) -> None:
         self.mem = vm.mem
         vm.hypercalls.register(hvt.HVT_HYPERCALL_WALLTIME, self.hvt_hc_walltime)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_PUTS, self.hvt_hc_puts)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_POLL, self.hvt_hc_poll)
+
+    def enable_wake(self) -> None:
+        """Let wake() end a POLL in progress (VM.request_stop); for VMs that are stopped from
+        another thread."""
+        if self.wake_fd < 0:
+            self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self.add_pollfd(self.wake_fd, -1)
+
+    def wake(self) -> None:
+        if self.wake_fd >= 0:
+            os.eventfd_write(self.wake_fd, 1)
 
     def add_pollfd(self, fd: int, handle: int) -> None:
         if self._epoll is None:
@@ -53,23 +66,44 @@ class CoreModule(Module):
         mem.check_writable(gpa, hvt.hvt_hc_poll.size)
         ready_set = 0
         nready = 0
+        if self.on_idle is not None and (self._epoll is None or not self._epoll.poll(0)):
+            mem.pack(hvt.HVT_POLL_OUT, gpa + 8, 0, 0)    # "nothing yet": the guest polls again
+            self.on_idle()
+            return
         if self._epoll is None:
             deadline = time.monotonic() + timeout_ns / 1e9
             while (left := deadline - time.monotonic()) > 0:
                 time.sleep(min(left, MAX_SLEEP_S))
         else:
             for fd, _events in self._epoll.poll(min(timeout_ns / 1e9, MAX_SLEEP_S)):
-                ready_set |= 1 << self.pollfds[fd]
+                handle = self.pollfds[fd]
+                if handle < 0:                       # wake(): the VM is being stopped
+                    os.eventfd_read(fd)
+                    continue
+                ready_set |= 1 << handle
                 nready += 1
         mem.pack(hvt.HVT_POLL_OUT, gpa + 8, ready_set, nready)
 
+    def on_reset(self, vm: VM) -> None:
+        if self.wake_fd >= 0:
+            try:
+                os.eventfd_read(self.wake_fd)
+            except BlockingIOError:
+                pass
+
     def host_fds(self) -> list[tuple[int, str]]:
-        return [(self.stdout_fd, "write")]
+        fds = [(self.stdout_fd, "write")]
+        if self.wake_fd >= 0:
+            fds.append((self.wake_fd, "rw"))
+        return fds
 
     def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            self.wake_fd = -1
 
 
 def write_all(fd: int, buf) -> None:

@@ -1,4 +1,4 @@
-"""ring.py: the v0.12 shared network ring (hvt-abi.md section 9), served by a host I/O thread.
+"""modules/net/ring.py: the v0.12 shared network ring (hvt-abi.md section 9), served by a host I/O thread.
 
 Theory of operation: the ring (49280 bytes) sits in the top 2 MiB of the allocation, above the
 range hypercall pointers may reach. The guest produces entries (ent_tail) and consumes commits
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault, HostIOError, KvmError, UkvmError
 from ukvm.kvm import abi
+from ukvm.kvm.ioctls import Kvm, VmFd
 from ukvm.memory import GuestMemory
 
 if TYPE_CHECKING:
     from ukvm.modules.net import NetDevice
-    from ukvm.vm import VM
 
 HVT_RING_SIZE = 1024
 HVT_RING_MASK = HVT_RING_SIZE - 1
@@ -74,8 +74,27 @@ class RingServer:
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self.stopping = False
         self.thread = threading.Thread(target=self._serve, name="ukvm-ring", daemon=True)
         self.thread.start()
+
+    def pause(self) -> None:
+        """Serve what the guest queued (a stopped guest queues nothing more), then stop the
+        thread; start() resumes from the ring's state in guest memory (snapshots, resets)."""
+        self._stop_thread()
+        tail = self.ctl[CTL_ENT_TAIL]
+        head = self.ctl[CTL_ENT_HEAD]
+        if tail != head and (tail - head) & 0xFFFFFFFF <= HVT_RING_SIZE:
+            self._process(head, tail)
+        self.ctl[CTL_NEEDS_KICK] = 0
+
+    def _stop_thread(self) -> None:
+        self.stopping = True
+        if self.thread is not None:
+            os.eventfd_write(self.efd, 1)
+            if self.thread is not threading.current_thread():
+                self.thread.join()
+            self.thread = None
 
     def _fence(self) -> None:
         self._fence_lock.acquire()
@@ -159,35 +178,29 @@ class RingServer:
         """Stop and join the thread, release the ring view and the eventfd; idempotent."""
         if self.efd < 0:
             return
-        self.stopping = True
-        if self.thread is not None:
-            os.eventfd_write(self.efd, 1)
-            if self.thread is not threading.current_thread():
-                self.thread.join()
-            self.thread = None
+        self._stop_thread()
         self.ctl.release()
         self.ring.release()
         os.close(self.efd)
         self.efd = -1
 
 
-def start_ring(vm: VM, devices: dict[int, NetDevice]) -> RingServer | None:
+def start_ring(kvm: Kvm, vmfd: VmFd, mem: GuestMemory, devices: dict[int, NetDevice],
+               on_error: Callable[[UkvmError], None], warn: Callable[[str], None]) -> RingServer | None:
     """Offer the ring when KVM can deliver kicks without an exit (hvt-abi.md 9.1); else None."""
-    if vm.kvm.check_extension(abi.KVM_CAP_IOEVENTFD) <= 0:
+    if kvm.check_extension(abi.KVM_CAP_IOEVENTFD) <= 0:
         return None
     try:
         efd = os.eventfd(0, os.EFD_CLOEXEC)
     except OSError as e:
-        vm.warn(f"eventfd() failed, falling back to hypercalls: {os.strerror(e.errno)}")
+        warn(f"eventfd() failed, falling back to hypercalls: {os.strerror(e.errno)}")
         return None
     try:
-        vm.vmfd.ioeventfd(HVT_RING_KICK_PORT, 4, efd)
+        vmfd.ioeventfd(HVT_RING_KICK_PORT, 4, efd)
     except KvmError as e:
         os.close(efd)
-        vm.warn(f"KVM_IOEVENTFD failed, falling back to hypercalls: {e}")
+        warn(f"KVM_IOEVENTFD failed, falling back to hypercalls: {e}")
         return None
-    server = RingServer(vm.mem, devices, efd, vm.fail_from_thread)
+    server = RingServer(mem, devices, efd, on_error)
     server.start()
-    vm.ring_gpa = server.gpa
-    vm.host_features |= hvt.HVT_FEATURE_RING_IO
     return server

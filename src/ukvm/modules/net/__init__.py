@@ -1,18 +1,19 @@
-"""modules/net.py: network devices: --net options, NET_READ/NET_WRITE, POLL fds and the ring.
+"""modules/net: network devices: --net options, NET_READ/NET_WRITE, POLL fds and the ring.
 
-Frames move with one readv/write between the TAP fd and guest memory. When the shared ring is
-offered (ring.py) an I/O thread serves it; the hypercall path always stays available, since
-guests that do not know the ring, or find it not offered, use it.
+Frames move with one readv/write between a backend's fd (backend.py: a TAP, or a socket of
+`ukvm serve`'s switch) and guest memory. When the shared ring is offered (ring.py) an I/O thread
+serves it; the hypercall path always stays available, since guests that do not know the ring,
+or find it not offered, use it.
 """
 from __future__ import annotations
 
-import errno
 import os
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError, UsageError
 from ukvm.manifest import MFT_DEV_NET_BASIC, Entry
 from ukvm.modules import Module, parse_module_option
+from ukvm.modules.net.backend import NetBackend
 from ukvm.vcpu import host_emulates_cpl0
 
 MAX_IFACE = 19     # longer --net values are cut, as upstream does
@@ -37,10 +38,11 @@ def ring_wanted(mode: str, guest_at_cpl3: bool) -> bool:
 
 
 class NetDevice:
-    __slots__ = ("entry", "iface", "fd", "mtu", "owns_fd")
+    """A manifest entry with its backend; `fd` is the backend's, copied for the hot paths."""
+    __slots__ = ("entry", "backend", "fd", "mtu")
 
-    def __init__(self, entry: Entry, iface: str, fd: int, mtu: int, owns_fd: bool = True):
-        self.entry, self.iface, self.fd, self.mtu, self.owns_fd = entry, iface, fd, mtu, owns_fd
+    def __init__(self, entry: Entry, backend: NetBackend):
+        self.entry, self.backend, self.fd, self.mtu = entry, backend, backend.fd, backend.mtu
 
 
 def generated_mac() -> bytes:
@@ -105,22 +107,17 @@ class NetModule(Module):
 
     def attach(self, name: str, iface: str, mac: bytes | None = None) -> None:
         """Back manifest entry `name` with TAP `iface`, or with an open TAP fd given as `@FD`."""
+        self.attach_backend(name, NetBackend.tap(iface), mac)
+
+    def attach_backend(self, name: str, backend: NetBackend, mac: bytes | None = None) -> None:
         entry = self.manifest.find(name, MFT_DEV_NET_BASIC)
         if entry is None:
+            backend.close()
             raise UsageError(f"Resource not declared in manifest: '{name}'", show_usage=False)
-        from ukvm.tap import adopt_tap_fd, open_tap   # only when a NIC is attached
-        if iface.startswith("@"):
-            if not iface[1:].isdigit():
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-            fd, mtu, _ = adopt_tap_fd(int(iface[1:]))
-            dev = NetDevice(entry, iface, fd, mtu, owns_fd=False)
-        else:
-            fd, mtu = open_tap(iface)
-            dev = NetDevice(entry, iface, fd, mtu)
         old = self.devices.pop(name, None)
         if old is not None:
-            self._close_device(old)
-        self.devices[name] = dev
+            old.backend.close()
+        self.devices[name] = NetDevice(entry, backend)
         if mac is not None:
             self.macs[name] = mac
 
@@ -130,7 +127,7 @@ class NetModule(Module):
         for name, dev in self.devices.items():
             mac = self.macs.get(name, bytes(6))
             if mac == bytes(6):
-                mac = generated_mac()
+                mac = self.macs[name] = generated_mac()
             dev.entry.set_net(mac, min(dev.mtu, 0xFFFF), dev.fd)
             self.by_handle[dev.entry.index] = dev
             vm.core.add_pollfd(dev.fd, dev.entry.index)
@@ -139,8 +136,49 @@ class NetModule(Module):
         vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_WRITE, self.hvt_hc_net_write)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_NET_READ, self.hvt_hc_net_read)
         if ring_wanted(self.ring_mode, vm.guest_cpl == 3):
-            from ukvm.ring import start_ring
-            self.ring = start_ring(vm, self.by_handle)
+            from ukvm.modules.net.ring import start_ring
+            self.ring = start_ring(vm.kvm, vm.vmfd, vm.mem, self.by_handle, vm.fail_from_thread, vm.warn)
+            if self.ring is not None:
+                vm.ring_gpa = self.ring.gpa
+                vm.host_features |= hvt.HVT_FEATURE_RING_IO
+
+    # --- snapshots -----------------------------------------------------------------------------
+    def snapshot_state(self) -> dict:
+        return {name: {"mac": ":".join(f"{b:02x}" for b in self.macs[name]), "mtu": dev.mtu}
+                for name, dev in self.devices.items()}
+
+    def restore(self, vm: VM, state: dict) -> None:
+        """The guest keeps the MAC and MTU it read at boot: reuse the MAC, insist on the MTU, and
+        serve the ring exactly when the snapshot's guest was offered it."""
+        for name, dev in self.devices.items():
+            want = state.get(name)
+            if not isinstance(want, dict) or not isinstance(want.get("mac"), str):
+                raise UsageError(f"{name}: not a network device of the snapshot", show_usage=False)
+            mac = parse_mac(want["mac"])
+            if mac is None or dev.mtu != want.get("mtu"):
+                raise UsageError(f"{name}: the snapshot's guest has MTU {want.get('mtu')}; "
+                                 f"{dev.backend.name} has MTU {dev.mtu}", show_usage=False)
+            self.macs[name] = mac
+        self.ring_mode = "on" if vm.host_features & hvt.HVT_FEATURE_RING_IO else "off"
+        self.setup(vm)
+        if self.ring_mode == "on" and self.ring is None:
+            raise UsageError("the snapshot's guest uses the network ring, which KVM cannot offer here",
+                             show_usage=False)
+
+    def quiesce(self, vm: VM) -> None:
+        if self.ring is not None and self.ring.thread is not None:
+            self.ring.pause()
+
+    def on_reset(self, vm: VM) -> None:
+        """Frames queued for the last run are not the next one's."""
+        for dev in self.devices.values():
+            while True:
+                try:
+                    os.read(dev.fd, 65536)
+                except OSError:      # EAGAIN: empty
+                    break
+        if self.ring is not None:
+            self.ring.start()
 
     # --- hypercalls ----------------------------------------------------------------------------
     # One frame per exit: the common path is a few locals and one system call (structs bound as
@@ -200,15 +238,11 @@ class NetModule(Module):
             fds.append((self.ring.efd, "rw"))
         return fds
 
-    def _close_device(self, dev: NetDevice) -> None:
-        if dev.owns_fd:
-            os.close(dev.fd)
-
     def close(self) -> None:
         if self.ring is not None:
             self.ring.stop()
             self.ring = None
         for dev in self.devices.values():
-            self._close_device(dev)
+            dev.backend.close()
         self.devices.clear()
         self.by_handle.clear()

@@ -1,0 +1,327 @@
+"""snapshot.py: a VM frozen at a hypercall boundary, in memory or in a file (docs/serve.md).
+
+A Snapshot holds guest memory in a file descriptor (a memfd, or a snapshot file at a page-aligned
+offset) and everything else as plain data: the vCPU registers, where guest memory is protected on
+the host, the boot features and each module's device state. VM.from_snapshot() maps that memory
+privately (copy on write), so any number of clones share the snapshot's pages and each pays only
+for the pages it dirties; VM.reset() drops those and reloads the registers.
+
+File layout: a 64-byte header (magic, version, metadata length and CRC-32, where the memory image
+starts and how long it is), the metadata as JSON, then the memory image, page aligned and sparse.
+A snapshot file is input like an ELF file: every field is checked before anything is built from
+it, and a bad one is one line (SnapshotError). The memory image is guest data: like an image's
+code it can only harm the guest that runs it.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from ukvm import hvt_abi as hvt
+from ukvm.errors import UkvmError
+from ukvm.kvm import abi
+from ukvm.kvm.ioctls import Kvm, VcpuFd
+from ukvm.manifest import Manifest
+
+MAGIC = b"UKVMSNAP"
+VERSION = 1
+HEADER = struct.Struct("<8sIIIIQQ24x")   # magic, version, meta_len, meta_crc, reserved, mem_offset, mem_size
+PAGE = 4096
+MAX_META = 1 << 20
+# MSRs a Solo5 guest can have changed: TLS and kernel GS bases, syscall/sysenter entry points
+# (unused by Solo5, restored for completeness), PAT, TSC_AUX. The TSC is handled apart.
+MSR_TSC = 0x10
+SAVED_MSRS = (0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103, 0xC0000081, 0xC0000082,
+              0xC0000083, 0xC0000084, 0x174, 0x175, 0x176, 0x277)
+PROTECTIONS = ("readonly", "noaccess")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.mincore.restype = ctypes.c_int
+
+
+class SnapshotError(UkvmError):
+    pass
+
+
+@dataclass
+class VcpuState:
+    """Registers as KVM reports them; the raw structs, so a restore is byte for byte."""
+    regs: bytes
+    sregs: bytes
+    fpu: bytes                  # kvm_xsave when KVM has XSAVE, else kvm_fpu
+    xcrs: bytes | None
+    msrs: dict[int, int]
+    tsc: int
+
+    @classmethod
+    def capture(cls, kvm: Kvm, vcpu: VcpuFd) -> VcpuState:
+        has_xsave = kvm.check_extension(abi.KVM_CAP_XSAVE) > 0
+        fpu = vcpu.get_xsave() if has_xsave else vcpu.get_fpu()
+        xcrs = bytes(vcpu.get_xcrs()) if kvm.check_extension(abi.KVM_CAP_XCRS) > 0 else None
+        tsc = vcpu.get_msrs([MSR_TSC]).get(MSR_TSC, 0)
+        return cls(bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(fpu), xcrs,
+                   vcpu.get_msrs(list(SAVED_MSRS)), tsc)
+
+    def restore(self, vcpu: VcpuFd) -> None:
+        """Load every register; the guest's TSC restarts where it was captured, so its monotonic
+        clock goes on from the snapshot's time in every clone (docs/serve.md)."""
+        vcpu.set_sregs(abi.kvm_sregs.from_buffer_copy(self.sregs))
+        if self.xcrs is not None:
+            vcpu.set_xcrs(abi.kvm_xcrs.from_buffer_copy(self.xcrs))
+        if len(self.fpu) == ctypes.sizeof(abi.kvm_xsave):
+            vcpu.set_xsave(abi.kvm_xsave.from_buffer_copy(self.fpu))
+        else:
+            vcpu.set_fpu(abi.kvm_fpu.from_buffer_copy(self.fpu))
+        vcpu.set_regs(abi.kvm_regs.from_buffer_copy(self.regs))
+        vcpu.set_msrs({**self.msrs, MSR_TSC: self.tsc})
+
+    def to_json(self) -> dict:
+        return {"regs": self.regs.hex(), "sregs": self.sregs.hex(), "fpu": self.fpu.hex(),
+                "xcrs": None if self.xcrs is None else self.xcrs.hex(),
+                "msrs": {f"{k:#x}": v for k, v in self.msrs.items()}, "tsc": self.tsc}
+
+    @classmethod
+    def from_json(cls, d: dict) -> VcpuState:
+        fpu = _blob(d, "fpu")
+        if len(fpu) not in (ctypes.sizeof(abi.kvm_xsave), ctypes.sizeof(abi.kvm_fpu)):
+            raise SnapshotError(f"vcpu.fpu has {len(fpu)} bytes")
+        xcrs = None if d.get("xcrs") is None else _blob(d, "xcrs", abi.kvm_xcrs)
+        msrs_in = _typed(d, "msrs", dict)
+        msrs = {}
+        for key, value in msrs_in.items():
+            index = int(key, 16) if isinstance(key, str) and re.fullmatch(r"0x[0-9a-f]{1,8}", key) else None
+            if index not in SAVED_MSRS or not _is_u64(value):
+                raise SnapshotError(f"vcpu.msrs: unexpected entry {key!r}")
+            msrs[index] = value
+        tsc = _typed(d, "tsc", int)
+        if not _is_u64(tsc):
+            raise SnapshotError("vcpu.tsc out of range")
+        return cls(_blob(d, "regs", abi.kvm_regs), _blob(d, "sregs", abi.kvm_sregs), fpu, xcrs, msrs, tsc)
+
+
+@dataclass
+class Snapshot:
+    """A VM's state. `mem_fd` is owned by the snapshot and closed by close()."""
+    mem_fd: int
+    mem_offset: int
+    size: int
+    limit: int
+    protections: dict[str, list[tuple[int, int]]]
+    vcpu: VcpuState
+    host_features: int
+    ring_gpa: int
+    guest_cpl: int
+    supervised: bool
+    manifest_payload: bytes
+    modules: dict[str, dict]
+    kernel: str = ""
+    path: str = field(default="<memory>")
+
+    def manifest(self) -> Manifest:
+        return Manifest.parse(self.manifest_payload, self.path)
+
+    # --- files ---------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write to `path` (created 0600, replaced if present): header, metadata, sparse memory."""
+        meta = json.dumps(self._meta(), separators=(",", ":")).encode()
+        mem_offset = (HEADER.size + len(meta) + PAGE - 1) // PAGE * PAGE
+        header = HEADER.pack(MAGIC, VERSION, len(meta), zlib.crc32(meta), 0, mem_offset, self.size)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise SnapshotError(f"{path}: cannot write snapshot: {os.strerror(e.errno)}") from None
+        try:
+            os.write(fd, header + meta)
+            os.ftruncate(fd, mem_offset + self.size)
+            for start, end in data_ranges(self.mem_fd, self.mem_offset, self.size):
+                copy_range(self.mem_fd, self.mem_offset + start, fd, mem_offset + start, end - start)
+            os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            os.unlink(tmp)
+            raise SnapshotError(f"{path}: cannot write snapshot: {os.strerror(e.errno)}") from None
+        os.close(fd)
+        os.replace(tmp, path)
+
+    def _meta(self) -> dict:
+        return {"size": self.size, "limit": self.limit,
+                "protections": {k: [list(r) for r in v] for k, v in self.protections.items()},
+                "vcpu": self.vcpu.to_json(), "host_features": self.host_features,
+                "ring_gpa": self.ring_gpa, "guest_cpl": self.guest_cpl, "supervised": self.supervised,
+                "manifest": self.manifest_payload.hex(), "modules": self.modules, "kernel": self.kernel}
+
+    @classmethod
+    def load(cls, path: str) -> Snapshot:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SnapshotError(f"{path}: {os.strerror(e.errno)}") from None
+        try:
+            return cls._parse(fd, path)
+        except SnapshotError as e:
+            os.close(fd)
+            raise SnapshotError(f"{path}: invalid snapshot: {e}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def _parse(cls, fd: int, path: str) -> Snapshot:
+        st = os.fstat(fd)
+        head = os.pread(fd, HEADER.size, 0)
+        if len(head) < HEADER.size:
+            raise SnapshotError("file too short")
+        magic, version, meta_len, meta_crc, _res, mem_offset, size = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise SnapshotError("not a ukvm snapshot (bad magic)")
+        if version != VERSION:
+            raise SnapshotError(f"version {version}, this ukvm reads version {VERSION}")
+        if meta_len > MAX_META or HEADER.size + meta_len > mem_offset or mem_offset % PAGE:
+            raise SnapshotError("bad header (metadata length or memory offset)")
+        if size == 0 or size % hvt.MEM_GRANULE or size > hvt.MEM_MAX + hvt.HVT_RING_AREA:
+            raise SnapshotError(f"bad memory size {size}")
+        if st.st_size < mem_offset + size:
+            raise SnapshotError("file truncated (memory image incomplete)")
+        raw = os.pread(fd, meta_len, HEADER.size)
+        if len(raw) != meta_len or zlib.crc32(raw) != meta_crc:
+            raise SnapshotError("metadata checksum mismatch")
+        try:
+            meta = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise SnapshotError("metadata is not JSON") from None
+        if not isinstance(meta, dict) or _typed(meta, "size", int) != size:
+            raise SnapshotError("metadata does not match the header")
+        limit = _typed(meta, "limit", int)
+        if not 0 < limit <= size or limit % PAGE:
+            raise SnapshotError(f"bad memory limit {limit}")
+        prots = _typed(meta, "protections", dict)
+        protections: dict[str, list[tuple[int, int]]] = {}
+        for kind in PROTECTIONS:
+            ranges = []
+            for r in _typed(prots, kind, list):
+                if not (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r)
+                        and 0 <= r[0] < r[1] <= limit and r[0] % PAGE == 0 and r[1] % PAGE == 0):
+                    raise SnapshotError(f"bad {kind} range {r!r}")
+                ranges.append((r[0], r[1]))
+            protections[kind] = ranges
+        features = _typed(meta, "host_features", int)
+        ring_gpa = _typed(meta, "ring_gpa", int)
+        if features & ~(hvt.HVT_FEATURE_RING_IO | hvt.UKVM_FEATURE_CPL3) or features < 0:
+            raise SnapshotError(f"unknown host features {features:#x}")
+        if (features & hvt.HVT_FEATURE_RING_IO) and not (ring_gpa == limit and size - limit >= hvt.HVT_RING_AREA) \
+                or not features & hvt.HVT_FEATURE_RING_IO and ring_gpa != 0:
+            raise SnapshotError(f"bad ring address {ring_gpa:#x}")
+        guest_cpl = _typed(meta, "guest_cpl", int)
+        if guest_cpl not in (0, 3):
+            raise SnapshotError(f"bad guest CPL {guest_cpl}")
+        manifest_payload = _blob(meta, "manifest")
+        try:
+            Manifest.parse(manifest_payload, path)
+        except UkvmError as e:
+            raise SnapshotError(f"manifest: {e}") from None
+        modules = _typed(meta, "modules", dict)
+        if not all(isinstance(v, dict) for v in modules.values()):
+            raise SnapshotError("bad module state")
+        vcpu = VcpuState.from_json(_typed(meta, "vcpu", dict))
+        return cls(fd, mem_offset, size, limit, protections, vcpu, features, ring_gpa, guest_cpl,
+                   bool(_typed(meta, "supervised", bool)), manifest_payload, modules,
+                   str(meta.get("kernel", "")), path)
+
+    def close(self) -> None:
+        if self.mem_fd >= 0:
+            os.close(self.mem_fd)
+            self.mem_fd = -1
+
+
+def _typed(d: dict, key: str, kind: type):
+    value = d.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SnapshotError(f"field {key!r} missing or not {kind.__name__}")
+    return value
+
+
+def _blob(d: dict, key: str, struct_type: type | None = None) -> bytes:
+    text = _typed(d, key, str)
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise SnapshotError(f"field {key!r} is not hex") from None
+    if struct_type is not None and len(data) != ctypes.sizeof(struct_type):
+        raise SnapshotError(f"field {key!r} has {len(data)} bytes, expected {ctypes.sizeof(struct_type)}")
+    return data
+
+
+def _is_u64(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+
+
+# --- memory --------------------------------------------------------------------------------------
+def resident_ranges(host_addr: int, size: int) -> list[tuple[int, int]]:
+    """Page runs of a mapping that hold data (mincore): what a copy must take; the rest reads as
+    zeros in a fresh private mapping too."""
+    vec = (ctypes.c_ubyte * ((size + PAGE - 1) // PAGE))()
+    if _libc.mincore(host_addr, size, vec) != 0:
+        raise SnapshotError(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+    return [(m.start() * PAGE, m.end() * PAGE) for m in re.finditer(rb"[\x01-\xff]+", bytes(vec))]
+
+
+def data_ranges(fd: int, offset: int, size: int) -> list[tuple[int, int]]:
+    """Runs of [offset, offset+size) in `fd` that are not holes, relative to offset."""
+    out = []
+    pos = offset
+    end = offset + size
+    while pos < end:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:          # ENXIO: no data after pos
+            break
+        if start >= end:
+            break
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        out.append((start - offset, stop - offset))
+        pos = stop
+    return out
+
+
+def copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int) -> None:
+    while length > 0:
+        chunk = os.pread(src, min(length, 1 << 20), src_off)
+        if not chunk:
+            raise OSError(errno.EIO, "short read")
+        os.pwrite(dst, chunk, dst_off)
+        src_off += len(chunk)
+        dst_off += len(chunk)
+        length -= len(chunk)
+
+
+def capture_memory(mem) -> int:
+    """A memfd holding guest memory's resident pages (host-inaccessible pages stay holes)."""
+    fd = os.memfd_create("ukvm-snapshot", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, mem.size)
+        noaccess = mem.protected_ranges()["noaccess"]
+        with memoryview(mem._mm) as whole:
+            for start, end in resident_ranges(mem.host_addr, mem.size):
+                for lo, hi in _minus(start, end, noaccess):
+                    written = 0
+                    while written < hi - lo:
+                        written += os.pwrite(fd, whole[lo + written:hi], lo + written)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _minus(start: int, end: int, holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    parts = [(start, end)]
+    for hs, he in holes:
+        parts = [p for s, e in parts for p in ((s, min(e, hs)), (max(s, he), e)) if p[0] < p[1]]
+    return parts
