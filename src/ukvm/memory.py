@@ -177,9 +177,10 @@ class GuestMemory:
     def protected_ranges(self) -> dict[str, list[tuple[int, int]]]:
         return {"readonly": list(self._readonly), "noaccess": list(self._noaccess)}
 
-    def discard(self, start: int, end: int) -> None:
-        """Drop [start, end)'s private pages: a file-backed mapping reads the file's bytes again."""
-        self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+    def restore_from(self, fd: int, offset: int, start: int, end: int) -> None:
+        """Copy [start, end) back from the file the mapping came from, keeping the pages mapped."""
+        with self._mv[start:end] as window:
+            os.preadv(fd, [window], offset + start)
 
     def close(self) -> None:
         if not self._mm.closed:

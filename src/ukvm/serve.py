@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import ipaddress
 import os
-import queue
 import selectors
 import signal
 import socket
@@ -62,26 +61,37 @@ class ServeError(UkvmError):
 
 
 class Clone:
-    """One VM made from the snapshot, its switch socket and its vCPU thread."""
+    """One VM made from the snapshot, its switch socket and its vCPU thread.
+
+    Between connections the clone is parked: its guest runs until its first POLL after the
+    reset and waits there, so a connection's first frame finds it ready (docs/serve.md)."""
 
     def __init__(self, index: int, vm: VM, sock: socket.socket, report):
         self.index = index
         self.vm = vm
         self.sock = sock                 # the switch's end of the clone's NIC
         self.conn: Connection | None = None
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.closing = False
         self._report = report
         self.thread = threading.Thread(target=self._work, name=f"ukvm-clone{index}", daemon=True)
         self.thread.start()
 
+    def assign(self, conn: Connection) -> None:
+        self.conn = conn
+        self.vm.core.parked = False      # from now on its POLL timeouts are the guest's own
+
     def _work(self) -> None:
-        """Run the guest for each connection handed over, then reset it, until told to stop."""
-        while self.jobs.get() is not None:
+        """Run the guest until its run is ended (the connection is over, a deadline passed, the
+        guest halted or faulted), reset it, report, and park it again."""
+        while not self.closing:
+            self.vm.core.parked = True
             try:
                 status = self.vm.run()
                 outcome = ("stopped", None) if status is None else ("halt", status)
             except UkvmError as e:
                 outcome = ("fault", str(e))
+            if self.closing:
+                return
             t0 = time.perf_counter()
             try:
                 self.vm.reset()
@@ -90,6 +100,10 @@ class Clone:
                 self._report(self, ("broken", str(e)), 0.0)
                 return
             self._report(self, outcome, reset_s)
+
+    def stop(self) -> None:
+        self.closing = True
+        self.vm.request_stop()
 
 
 class Connection:
@@ -238,7 +252,7 @@ class Server:
         modules = default_modules(kernel.manifest())
         net = self._net_module(modules)
         backend, sock = frame_pipe("serve", self.mtu)
-        net.ring_mode = "off"         # a reset then restarts no thread (docs/serve.md)
+        net.ring_mode = os.environ.get("UKVM_SERVE_RING", "off")
         net.attach_backend(net.manifest.devices()[0].name, backend)
         vm = VM(kernel, args, mem, modules, guest_cpl=guest_cpl)
         ready = []
@@ -356,11 +370,10 @@ class Server:
         up.bind((str(self.host_ip), 0))
         conn.port = up.getsockname()[1]
         conn.upstream, conn.clone = up, clone
-        clone.conn = conn
         self.by_port[conn.port] = conn
+        clone.assign(conn)
         if self.metrics:
             self.metrics.in_use.inc()
-        clone.jobs.put(conn)                     # the vCPU thread starts the guest
         try:
             up.connect((str(self.guest_ip), self.guest_port))
         except BlockingIOError:
@@ -470,12 +483,14 @@ class Server:
         while self.reports:
             clone, (kind, detail), reset_s = self.reports.popleft()
             conn, clone.conn = clone.conn, None
+            if conn is None and kind == "stopped":
+                continue            # stopped while parked: nothing to account for
             if kind in ("halt", "fault", "broken"):
                 self._count_failure({"halt": "exit", "fault": "fault", "broken": "broken"}[kind])
                 self.log(f"clone {clone.index}: " + (f"guest exited with status {detail}" if kind == "halt" else detail))
             if conn is not None and conn.client is not None:
                 self._finish(conn, "guest_" + kind)
-            if self.metrics:
+            if self.metrics and conn is not None:
                 self.metrics.in_use.dec()
             if kind == "broken":
                 self.sel.unregister(clone.sock)
@@ -489,7 +504,8 @@ class Server:
             if self.metrics:
                 self.metrics.resets.inc()
                 self.metrics.reset_latency.observe(reset_s)
-            self.idle.append(clone)
+            if clone not in self.idle:
+                self.idle.append(clone)
             while self.waiting and self.idle:
                 self._assign(self.waiting.popleft(), self.idle.popleft())
 
@@ -571,8 +587,7 @@ class Server:
         for conn in list(self.by_port.values()) + list(self.waiting):
             self._finish(conn, "shutdown")
         for clone in self.clones:
-            clone.vm.request_stop()
-            clone.jobs.put(None)
+            clone.stop()
         for clone in self.clones:
             clone.thread.join(timeout=5)
             clone.vm.close()

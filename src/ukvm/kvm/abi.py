@@ -136,6 +136,11 @@ class kvm_dirty_log(ctypes.Structure):
     _fields_ = [("slot", ctypes.c_uint32), ("padding", ctypes.c_uint32), ("dirty_bitmap", ctypes.c_uint64)]
 
 
+class kvm_enable_cap(ctypes.Structure):
+    _fields_ = [("cap", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("args", ctypes.c_uint64 * 4),
+                ("pad", ctypes.c_uint8 * 64)]
+
+
 class kvm_guest_debug(ctypes.Structure):
     _fields_ = [("control", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("debugreg", ctypes.c_uint64 * 8)]
 
@@ -152,6 +157,9 @@ KVM_SET_USER_MEMORY_REGION = _IOW(0x46, kvm_userspace_memory_region)
 KVM_IOEVENTFD = _IOW(0x79, kvm_ioeventfd)
 KVM_GET_DIRTY_LOG = _IOW(0x42, kvm_dirty_log)
 KVM_MEM_LOG_DIRTY_PAGES = 1
+KVM_ENABLE_CAP = _IOW(0xA3, kvm_enable_cap)
+KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1
 # vCPU ioctls
 KVM_RUN = _IO(0x80)
 KVM_GET_REGS = _IOR(0x81, kvm_regs)

@@ -80,9 +80,15 @@ class VmFd:
             memory_size=size, userspace_addr=host_addr)
         _ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region, "SET_USER_MEMORY_REGION")
 
+    def enable_cap(self, cap: int, arg0: int) -> None:
+        args = abi.kvm_enable_cap(cap=cap)
+        args.args[0] = arg0
+        _ioctl(self.fd, abi.KVM_ENABLE_CAP, args, "ENABLE_CAP")
+
     def get_dirty_log(self, slot: int, bitmap) -> None:
         """Fill `bitmap` (a ctypes buffer, one bit per page) with the pages the guest wrote since
-        the last call, and start counting afresh."""
+        the last call, and start counting afresh; with manual protection enabled (enable_cap),
+        since logging began, and nothing is protected again."""
         arg = abi.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap))
         _ioctl(self.fd, abi.KVM_GET_DIRTY_LOG, arg, "GET_DIRTY_LOG")
 

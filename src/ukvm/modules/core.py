@@ -25,6 +25,7 @@ class CoreModule(Module):
         self.stdout_fd = 1
         self.wake_fd = -1                      # an eventfd that ends a POLL early (enable_wake)
         self.on_idle = None                    # called at a POLL with no input pending (serve)
+        self.parked = False                    # serve: an idle clone's POLL outlasts its timeout
 
     def setup(self, vm: VM) -> None:
         self.mem = vm.mem
@@ -75,7 +76,10 @@ class CoreModule(Module):
             while (left := deadline - time.monotonic()) > 0:
                 time.sleep(min(left, MAX_SLEEP_S))
         else:
-            for fd, _events in self._epoll.poll(min(timeout_ns / 1e9, MAX_SLEEP_S)):
+            events = self._epoll.poll(min(timeout_ns / 1e9, MAX_SLEEP_S))
+            while not events and self.parked:     # waiting for its connection (serve.py)
+                events = self._epoll.poll(MAX_SLEEP_S)
+            for fd, _events in events:
                 handle = self.pollfds[fd]
                 if handle < 0:                       # wake(): the VM is being stopped
                     os.eventfd_read(fd)
