@@ -23,8 +23,10 @@ def _run(*cmd):
     return p.stdout
 
 
-def build(src: Path, out: Path, manifest_json: str = NO_DEVICES, cflags=("-O2",)) -> Path:
-    """Compile SRC against Solo5's headers and link it with Solo5's hvt bindings into OUT."""
+def build(src, out: Path, manifest_json: str = NO_DEVICES, cflags=("-O2",)) -> Path:
+    """Compile SRC (a file or a list of them) against Solo5's headers and link it with Solo5's
+    hvt bindings into OUT."""
+    sources = [src] if isinstance(src, (str, Path)) else list(src)
     work = out.parent / (out.stem + ".sdk")
     work.mkdir(parents=True, exist_ok=True)
     gcc_include = _run("gcc", "-print-file-name=include").strip()
@@ -32,8 +34,11 @@ def build(src: Path, out: Path, manifest_json: str = NO_DEVICES, cflags=("-O2",)
              "-ffreestanding", "-fstack-protector-strong", *cflags]
     (work / "manifest.json").write_text(manifest_json)
     _run(SDK / "solo5-elftool", "gen-manifest", work / "manifest.json", work / "manifest.c")
-    _run("gcc", *flags, "-c", src, "-o", work / "app.o")
+    objects = []
+    for i, source in enumerate(sources):
+        objects.append(work / f"app{i}.o")
+        _run("gcc", *flags, "-c", source, "-o", objects[-1])
     _run("gcc", *flags, "-c", work / "manifest.c", "-o", work / "manifest.o")
     _run("ld", "-nostdlib", "-z", "max-page-size=0x1000", "-static", "--build-id=none", "-T",
-         SDK / "solo5_hvt.lds", SDK / "solo5_hvt.o", work / "app.o", work / "manifest.o", "-o", out)
+         SDK / "solo5_hvt.lds", SDK / "solo5_hvt.o", *objects, work / "manifest.o", "-o", out)
     return out

@@ -83,8 +83,8 @@ class Clone:
     def _work(self) -> None:
         """Run the guest until its run is ended (the connection is over, a deadline passed, the
         guest halted or faulted), reset it, report, and park it again."""
+        self.vm.core.parked = True
         while not self.closing:
-            self.vm.core.parked = True
             try:
                 status = self.vm.run()
                 outcome = ("stopped", None) if status is None else ("halt", status)
@@ -99,6 +99,7 @@ class Clone:
             except UkvmError as e:      # a clone that cannot be reset leaves the pool
                 self._report(self, ("broken", str(e)), 0.0)
                 return
+            self.vm.core.parked = True  # before the report: assign() may clear it at once
             self._report(self, outcome, reset_s)
 
     def stop(self) -> None:
@@ -211,6 +212,10 @@ class Server:
     # --- start-up ------------------------------------------------------------------------------
     def _start(self, kernel_path, args, listen, mem, pool, metrics, tap_name, guest_cpl) -> None:
         from ukvm.tap import create_tap
+        # A clone's vCPU thread is stopped by a signal (VM.request_stop): it needs a handler,
+        # installed before the threads start (only the main thread can install it).
+        if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGUSR1)):
+            signal.signal(signal.SIGUSR1, lambda *_: None)
         name = tap_name or f"ukvms{os.getpid() % 100000}"
         try:
             netmask = ipaddress.IPv4Network(f"0.0.0.0/{self.prefixlen}").netmask
@@ -699,8 +704,6 @@ def serve_main(argv: list[str]) -> int:
     except UkvmError as e:
         print(f"ukvm serve: {e}", file=err)
         return 1
-    # A vCPU thread is stopped with SIGUSR1 (VM.request_stop): it needs a handler, not the default.
-    signal.signal(signal.SIGUSR1, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: server.request_drain())
     signal.signal(signal.SIGINT, lambda *_: server.request_drain())
     host, port = server.address[:2]

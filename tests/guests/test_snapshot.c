@@ -21,6 +21,8 @@ int solo5_app_main(const struct solo5_start_info *si)
     put_u64(scratch[4096 * 7]);
     puts(" clock_ok=");
     put_u64(solo5_clock_monotonic() >= t0);
+    puts(" wall_s=");
+    put_u64(solo5_clock_wall() / 1000000000ULL);
     puts("\n");
     return runs;
 }

@@ -81,8 +81,7 @@ class CoreModule(Module):
                 events = self._epoll.poll(MAX_SLEEP_S)
             for fd, _events in events:
                 handle = self.pollfds[fd]
-                if handle < 0:                       # wake(): the VM is being stopped
-                    os.eventfd_read(fd)
+                if handle < 0:       # wake(): the VM is being stopped; stays set until on_reset
                     continue
                 ready_set |= 1 << handle
                 nready += 1

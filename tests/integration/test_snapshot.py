@@ -1,0 +1,138 @@
+"""Snapshots, clones and reset (issue 13), in the library and through `ukvm run`.
+
+tests/guests/test_snapshot.c counts its runs in .bss and dirties 64 pages after its first yield
+(where the snapshot is taken): every clone run must print runs=1, however often it was reset.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import solo5_sdk
+from conftest import GUESTS, needs_kvm, ukvm
+from ukvm.snapshot import SnapshotError
+from ukvm.vm import VM, Kernel
+
+pytestmark = needs_kvm
+RESUMED = re.compile(rb"resumed: runs=(\d+) scratch=(\d+) clock_ok=(\d+) wall_s=(\d+)")
+
+
+@pytest.fixture(scope="module", params=["cpl3", "cpl0"])
+def image(request, guest):
+    return guest("test_snapshot", cpl0=request.param == "cpl0")
+
+
+def boot_to_ready(path) -> VM:
+    kernel = Kernel(str(path))
+    vm = VM(kernel, [], 32 << 20)
+    kernel.close()
+    vm.core.on_idle = vm.request_stop
+    assert vm.run() is None                    # stopped at the first idle POLL, not halted
+    return vm
+
+
+def test_clones_run_from_the_snapshot_and_reset_to_it(image, capfd):
+    vm = boot_to_ready(image)
+    snap = vm.snapshot()
+    vm.close()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    clone = VM.from_snapshot(snap)
+    try:
+        for _ in range(20):
+            assert clone.run() == 1            # the guest's exit status is its run count
+            clone.reset()
+        other = VM.from_snapshot(snap)         # a second clone of the same snapshot
+        assert other.run() == 1
+        other.close()
+    finally:
+        clone.close()
+        snap.close()
+    out = capfd.readouterr().out.encode()
+    runs = RESUMED.findall(out)
+    assert len(runs) == 21, out
+    assert {r[:3] for r in runs} == {(b"1", b"1", b"1")}     # runs, scratch and the clock as at the snapshot
+    assert len(os.listdir("/proc/self/fd")) == fds_before - 1  # the snapshot's memfd is closed too
+
+
+def test_reset_is_only_for_clones(image):
+    vm = boot_to_ready(image)
+    try:
+        with pytest.raises(Exception, match="not made from a snapshot"):
+            vm.reset()
+    finally:
+        vm.close()
+
+
+def test_snapshot_file_round_trip_through_the_cli(image, tmp_path):
+    snap = tmp_path / "ready.snap"
+    p = ukvm("run", "--mem=32", "--snapshot-at=ready", f"--snapshot={snap}", image)
+    assert p.returncode == 0 and b"snapshot written to" in p.stdout, p.stdout
+    assert b"booted" in p.stdout and b"resumed" not in p.stdout
+    time.sleep(1.2)
+    for _ in range(2):                           # a snapshot file restores any number of times
+        p = ukvm("run", "--stats", f"--restore={snap}")
+        assert p.returncode == 1, p.stdout
+        m = RESUMED.search(p.stdout)
+        assert m and m.groups()[:3] == (b"1", b"1", b"1"), p.stdout
+        assert abs(int(m.group(4)) - time.time()) < 5       # the wall clock is read fresh
+        assert b"booted" not in p.stdout                     # no second boot
+        assert re.search(rb"\nwalltime +1 ", p.stdout) and re.search(rb"\nhalt +1 ", p.stdout), p.stdout
+
+
+def test_solo5_built_guest_snapshots_under_the_supervisor(tmp_path):
+    if not solo5_sdk.available():
+        pytest.skip(solo5_sdk.MISSING)
+    image = solo5_sdk.build(GUESTS / "test_snapshot.c", tmp_path / "snap-solo5.hvt")
+    snap = tmp_path / "s.snap"
+    p = ukvm("run", "--mem=32", "--snapshot-at=ready", f"--snapshot={snap}", image)
+    assert p.returncode == 0, p.stdout
+    p = ukvm("run", f"--restore={snap}")
+    assert p.returncode == 1 and RESUMED.search(p.stdout).groups()[:3] == (b"1", b"1", b"1"), p.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--snapshot-at=ready"], "--snapshot-at=ready and --snapshot=FILE go together"),
+    (["--snapshot-at=boot", "--snapshot=x"], "Malformed argument to --snapshot-at"),
+    (["--restore=x", "KERNEL"], "no KERNEL or ARGS may be given"),
+])
+def test_cli_usage_errors(image, args, message):
+    p = ukvm("run", *[image if a == "KERNEL" else a for a in args] + ([] if "KERNEL" in args else [image]))
+    assert p.returncode != 0 and message.encode() in p.stdout and b"Traceback" not in p.stdout, p.stdout
+
+
+def test_corrupt_or_foreign_snapshot_files_are_one_line(image, tmp_path):
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(b"UKVMSNAP" + os.urandom(200))
+    for path, message in ((bad, b"invalid snapshot"), (image, b"not a ukvm snapshot"), (tmp_path / "none", b"No such file")):
+        p = ukvm("run", f"--restore={path}")
+        lines = p.stdout.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and message in lines[0], p.stdout
+
+
+def test_restore_needs_the_snapshots_devices(tmp_path, guest):
+    """A snapshot of a guest with a block device restores only with a file of the same geometry."""
+    manifest = '{"type": "solo5.manifest", "version": 1, "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]}'
+    image = guest("test_snapshot", manifest, cpl0=False)
+    disk = tmp_path / "disk"
+    disk.write_bytes(bytes(64 * 1024))
+    snap = tmp_path / "blk.snap"
+    p = ukvm("run", "--mem=32", f"--block:storage={disk}", "--snapshot-at=ready", f"--snapshot={snap}", image)
+    assert p.returncode == 0, p.stdout
+    p = ukvm("run", f"--restore={snap}")
+    assert p.returncode != 0 and b"declared but not attached" in p.stdout, p.stdout
+    small = tmp_path / "small"
+    small.write_bytes(bytes(4096))
+    p = ukvm("run", f"--block:storage={small}", f"--restore={snap}")
+    assert p.returncode == 1 and b"the snapshot's guest saw 65536 bytes" in p.stdout, p.stdout
+    p = ukvm("run", f"--block:storage={disk}", f"--restore={snap}")
+    assert p.returncode == 1 and RESUMED.search(p.stdout), p.stdout
+
+
+def test_snapshot_errors_are_snapshot_errors():
+    assert issubclass(SnapshotError, Exception)
+    with pytest.raises(SnapshotError):
+        from ukvm.snapshot import Snapshot
+        Snapshot.load("/nonexistent/snapshot")
