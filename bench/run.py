@@ -5,7 +5,9 @@
 
 Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0),
 solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-hvt), exits (one
-exit per operation, ukvm against solo5-hvt on the same binaries, and the KVM_RUN floors). Guests are built from bench/guests
+exit per operation, ukvm against solo5-hvt on the same binaries, and the KVM_RUN floors), serve
+(the lwIP httpd example: a fresh clone per request against one long-running server, a cold
+`ukvm run` per request and Solo5's build on solo5-hvt; the reset alone; memory per clone). Guests are built from bench/guests
 with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
@@ -494,10 +496,115 @@ def bench_exits(work, floor, quick):
     row("exits", "same", rss["ukvm"] / 1024, "MiB", interp_rss / 1024, "interpreter alone", "target <= +2 MiB")
 
 
+def _percentile(sorted_values, q) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def _http_load(ns, host, n, conc=None) -> dict:
+    """The test suite's HTTP client inside `ns`: (p50 ms, p99 ms, requests/s)."""
+    args = ["seq", n, "/b/"] if conc is None else ["conc", n, conc, "/b/"]
+    out = ns.run(sys.executable, ROOT / "tests" / "integration" / "http_client.py", host, 80, *args, timeout=900)
+    res = json.loads(out.stdout)
+    assert res["ok"] == n, res["errors"]
+    lat = sorted(res["seconds"])
+    rate = n / (sum(lat) if conc is None else res["elapsed"])
+    return {"p50": _percentile(lat, 0.5) * 1e3, "p99": _percentile(lat, 0.99) * 1e3, "rps": rate}
+
+
+def _long_running(ns, tender, image, n, conc) -> tuple[dict, dict]:
+    """One server for every request: sequential and concurrent figures."""
+    t_net = _net_helpers()
+    proc = ns.popen(*tender, "--net:service0=tap0", image)
+    try:
+        for _ in range(600):              # bounded: up to 60 s for the first answer
+            if ns.run(sys.executable, "-c", "import socket;socket.create_connection(('10.0.0.2',80),timeout=0.5)",
+                      timeout=30).returncode == 0:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            time.sleep(0.1)
+        return _http_load(ns, "10.0.0.2", n), _http_load(ns, "10.0.0.2", n, conc) if conc else None
+    finally:
+        proc.kill()
+        t_net.finish(proc)
+
+
+def _cold_per_request(ns, image, n) -> list[float]:
+    """What one does without snapshots: a new tender per request; ms from its start to the answer."""
+    probe = ("import socket,time,sys\n"
+             "t0=float(sys.argv[1]);deadline=time.monotonic()+30\n"
+             "while True:\n"
+             "  try: s=socket.create_connection(('10.0.0.2',80),timeout=1);break\n"
+             "  except OSError:\n"
+             "    assert time.monotonic()<deadline;time.sleep(0.0005)\n"
+             "s.sendall(b'GET /cold HTTP/1.0\\r\\n\\r\\n');d=b''\n"
+             "while (c:=s.recv(65536)): d+=c\n"
+             "assert d.startswith(b'HTTP/1.0 200');print((time.time()-t0)*1e3)\n")
+    t_net = _net_helpers()
+    times = []
+    for _ in range(n):
+        t0 = time.time()
+        proc = ns.popen(LAUNCHER, "--mem=64", "--net:service0=tap0", image)
+        out = ns.run(sys.executable, "-c", probe, repr(t0), timeout=60)
+        proc.kill()
+        t_net.finish(proc)
+        times.append(float(out.stdout.decode().split()[-1]))
+    return sorted(times)
+
+
+def bench_serve(work, quick):
+    """`ukvm serve` (a fresh clone per request) against the same lwIP httpd as one long-running
+    server, a cold `ukvm run` per request, and Solo5's toolchain build on solo5-hvt."""
+    sys.path[:0] = [str(ROOT / "examples" / "httpd"), str(ROOT / "tests")]
+    import build as httpd_build
+    import solo5_sdk
+    image = work / "httpd.hvt"
+    sh(sys.executable, ROOT / "examples" / "httpd" / "build.py", "-o", image)
+    n, conc = (300, 16) if quick else (1000, 16)
+    t_net = _net_helpers()
+    ns = t_net.Netns()
+    try:
+        out = ns.run(sys.executable, ROOT / "bench" / "serve_probe.py", image, 4, n, conc, timeout=900)
+        probe = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        assert probe["seq_ok"] == probe["conc_ok"] == n and probe["served"] == [1], probe
+        ns.tap("tap0", "10.0.0.1/24")
+        long_seq, long_conc = _long_running(ns, [LAUNCHER, "--mem=64"], image, n, conc)
+        long_hc, _ = _long_running(ns, [LAUNCHER, "--mem=64", "--net-ring=off"], image, n, None)
+        cold = _cold_per_request(ns, image, 10 if quick else 30)
+        peer = None
+        if solo5_sdk.available():
+            lwip = httpd_build.fetch_lwip()
+            sdk_image = solo5_sdk.build(httpd_build.sources(lwip), work / "httpd-solo5.hvt",
+                                        (ROOT / "examples" / "httpd" / "manifest.json").read_text(),
+                                        ["-O2", "-mgeneral-regs-only", "-fno-tree-loop-distribute-patterns",
+                                         *httpd_build.include_flags(lwip)])   # solo5-hvt runs it at CPL0
+            peer, _ = _long_running(ns, [solo5_sdk.SOLO5_HVT, "--mem=64"], sdk_image, 20, None)
+    finally:
+        ns.close()
+    seq, par = probe["seq"], probe["conc"]
+    serve_p50, serve_p99 = _percentile(seq, 0.5) * 1e3, _percentile(seq, 0.99) * 1e3
+    row("serve", "fresh clone per request: p50", serve_p50, "ms", long_seq["p50"], "long-running server p50")
+    row("serve", "fresh clone per request: p99", serve_p99, "ms", long_seq["p99"], "long-running server p99")
+    row("serve", "fresh clone per request: sequential", n / sum(seq), "req/s", long_seq["rps"],
+        "long-running server")
+    row("serve", f"fresh clone per request: {conc} at once", n / probe["conc_elapsed"], "req/s", long_conc["rps"],
+        "long-running server", note=f"p50 {_percentile(par, 0.5) * 1e3:.2f} ms, p99 {_percentile(par, 0.99) * 1e3:.2f} ms")
+    row("serve", "fresh clone per request: p50", serve_p50, "ms", long_hc["p50"],
+        "long-running, hypercall path (no ring)")
+    row("serve", "fresh clone per request: p50", serve_p50, "ms", statistics.median(cold), "cold ukvm run per request",
+        note=f"cold p99 {_percentile(cold, 0.99):.1f} ms")
+    row("serve", "reset alone: p50", probe["reset_p50"] * 1e6, "us", 100, "target")
+    row("serve", "reset alone: p99", probe["reset_p99"] * 1e6, "us", 100, "target")
+    row("serve", "memory kept by each idle clone", probe["clone_kib"], "KiB", None, "",
+        note=f"process RSS {probe['rss_after'] / 1024:.1f} MiB with 4 clones")
+    if peer is not None:
+        row("serve", "fresh clone per request: p50", serve_p50, "ms", peer["p50"],
+            "Solo5-built httpd on solo5-hvt, long-running")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits")
+    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
@@ -511,11 +618,16 @@ def main() -> int:
                     "net": lambda: bench_net(work, floor, args.quick),
                     "cpl3": lambda: bench_cpl3(work, floor, args.quick),
                     "solo5": lambda: bench_solo5(work, floor, args.quick),
-                    "exits": lambda: bench_exits(work, floor, args.quick)}
+                    "exits": lambda: bench_exits(work, floor, args.quick),
+                    "serve": lambda: bench_serve(work, args.quick)}
         for name in args.only.split(","):
             sections[name]()
+    # Sections not run this time keep their recorded rows.
+    ran = {r["section"] for r in ROWS}
+    old = json.loads(Path(args.json).read_text()).get("rows", []) if Path(args.json).exists() else []
+    rows = [r for r in old if r["section"] not in ran] + ROWS
     Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "host": os.uname().release,
-                                           "kvm_pvm": os.path.exists("/sys/module/kvm_pvm"), "rows": ROWS}, indent=1))
+                                           "kvm_pvm": os.path.exists("/sys/module/kvm_pvm"), "rows": rows}, indent=1))
     print(f"wrote {args.json}")
     return 0
 

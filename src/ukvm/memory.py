@@ -177,10 +177,10 @@ class GuestMemory:
     def protected_ranges(self) -> dict[str, list[tuple[int, int]]]:
         return {"readonly": list(self._readonly), "noaccess": list(self._noaccess)}
 
-    def restore_from(self, fd: int, offset: int, start: int, end: int) -> None:
-        """Copy [start, end) back from the file the mapping came from, keeping the pages mapped."""
-        with self._mv[start:end] as window:
-            os.preadv(fd, [window], offset + start)
+    def host_restore(self, gpa: int, data: bytes) -> None:
+        """Put a snapshot's bytes back (VM.reset): pages the guest or the tender wrote, so never
+        host-protected ones; one memcpy, the pages stay mapped."""
+        self._mv[gpa:gpa + len(data)] = data
 
     def close(self) -> None:
         if not self._mm.closed:

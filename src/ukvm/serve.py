@@ -66,8 +66,9 @@ class Clone:
     Between connections the clone is parked: its guest runs until its first POLL after the
     reset and waits there, so a connection's first frame finds it ready (docs/serve.md)."""
 
-    def __init__(self, index: int, vm: VM, sock: socket.socket, report):
+    def __init__(self, index: int, vm: VM, sock: socket.socket, report, cpus: set[int]):
         self.index = index
+        self.cpus = cpus
         self.vm = vm
         self.sock = sock                 # the switch's end of the clone's NIC
         self.conn: Connection | None = None
@@ -83,6 +84,8 @@ class Clone:
     def _work(self) -> None:
         """Run the guest until its run is ended (the connection is over, a deadline passed, the
         guest halted or faulted), reset it, report, and park it again."""
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
         self.vm.core.parked = True
         while not self.closing:
             try:
@@ -162,6 +165,14 @@ class Metrics:
         self.http.server_close()
 
 
+def vcpu_cpus() -> set[int]:
+    """The CPUs for clones' vCPU threads: all this process may use but the first, which is left to
+    the event loop. A vCPU that moves between CPUs costs kvm_pvm a great deal (measured: 30% more
+    CPU per request unpinned on 2 cores); an empty set (one CPU) means no pinning."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return set(allowed[1:]) if len(allowed) > 1 else set()
+
+
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -197,6 +208,7 @@ class Server:
         self.reports: collections.deque = collections.deque()
         self.draining = self.drain_requested = False
         self.counts = collections.Counter()
+        self.reset_seconds: collections.deque[float] = collections.deque(maxlen=100000)   # for bench/
         self.snapshot = None
         self.metrics: Metrics | None = None
         self.tap_fd = -1
@@ -257,7 +269,7 @@ class Server:
         modules = default_modules(kernel.manifest())
         net = self._net_module(modules)
         backend, sock = frame_pipe("serve", self.mtu)
-        net.ring_mode = os.environ.get("UKVM_SERVE_RING", "off")
+        net.ring_mode = "off"   # measured slower here: docs/serve.md, "Why hypercalls, not the ring"
         net.attach_backend(net.manifest.devices()[0].name, backend)
         vm = VM(kernel, args, mem, modules, guest_cpl=guest_cpl)
         ready = []
@@ -295,7 +307,7 @@ class Server:
         vm = VM.from_snapshot(self.snapshot, modules)
         vm.core.enable_wake()
         vm.enable_stats()
-        clone = Clone(index, vm, sock, self._clone_report)
+        clone = Clone(index, vm, sock, self._clone_report, vcpu_cpus())
         self.clones.append(clone)
         self.idle.append(clone)
         self.sel.register(sock, READ, ("clone", clone))
@@ -506,6 +518,7 @@ class Server:
                     raise ServeError("every clone failed to reset")
                 continue
             self.counts["resets"] += 1
+            self.reset_seconds.append(reset_s)
             if self.metrics:
                 self.metrics.resets.inc()
                 self.metrics.reset_latency.observe(reset_s)

@@ -241,6 +241,9 @@ class VM:
                 self.vmfd.enable_cap(abi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, abi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
             self.vmfd.set_user_memory_region(0, 0, snap.size, self.mem.host_addr, log_dirty=True)
             self._dirty_bitmap = (ctypes.c_uint64 * ((snap.size // 4096 + 63) // 64))()
+            self._last_bitmap = bytes(self._dirty_bitmap)
+            self._restore_pages: set[int] = set()
+            self._restore_plan: list[tuple[int, bytes]] = []
             self.vcpu.set_cpuid2(self.kvm.supported_cpuid())
             snap.vcpu.restore(self.vcpu)
             self.host_features, self.ring_gpa = snap.host_features, snap.ring_gpa
@@ -275,28 +278,46 @@ class VM:
         """Back to the snapshot this clone came from, reusing every KVM object: the pages the
         guest or the tender wrote get the snapshot's bytes again, the registers are reloaded,
         the modules told. The pages are copied, not dropped: they stay mapped, so the next run
-        does not fault on each again (a fault costs tens of microseconds on kvm_pvm)."""
+        does not fault on each again (a fault costs tens of microseconds on kvm_pvm). A clone
+        thus keeps a private copy of each page it ever wrote: its whole cost in memory."""
         snap = self.snapshot_state
         if snap is None:
             raise UkvmError("reset: this VM was not made from a snapshot")
         for module in self.modules:
             module.quiesce(self)
-        mem = self.mem
-        self.vmfd.get_dirty_log(0, self._dirty_bitmap)
-        pages = dirty_pages(bytes(self._dirty_bitmap))
-        for gpa, size in mem.host_dirty:
-            pages.update(range(gpa >> 12, (gpa + size + 4095) >> 12))
-        mem.host_dirty.clear()
-        if snap.size > snap.limit:
-            pages.update(range(snap.limit >> 12, snap.size >> 12))      # the network ring
-        for start, end in page_runs(pages):
-            mem.restore_from(snap.mem_fd, snap.mem_offset, start << 12, end << 12)
+        self._update_restore_plan(snap)
+        write = self.mem.host_restore
+        for gpa, data in self._restore_plan:
+            write(gpa, data)
         snap.vcpu.restore(self.vcpu)
         self._stop_requested = self._interrupted = False
         self._thread_error = None
         self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0
         for module in self.modules:
             module.on_reset(self)
+
+    def _update_restore_plan(self, snap: Snapshot) -> None:
+        """Learn which pages this run wrote: KVM's dirty log for the guest's writes, the memory's
+        own record for the tender's. With manual protection the log only grows (a page once
+        written stays listed), so it is decoded again only when it changed. The plan holds the
+        snapshot's bytes for every page ever written, read once."""
+        self.vmfd.get_dirty_log(0, self._dirty_bitmap)
+        raw = bytes(self._dirty_bitmap)
+        pages = set()
+        if raw != self._last_bitmap:
+            pages = dirty_pages(raw)
+            self._last_bitmap = raw
+        mem = self.mem
+        for gpa, size in mem.host_dirty:
+            pages.update(range(gpa >> 12, (gpa + size + 4095) >> 12))
+        mem.host_dirty.clear()
+        if snap.ring_gpa:      # the ring's control words and commits, written by the ring thread
+            pages.update(range(snap.ring_gpa >> 12, (snap.ring_gpa + hvt.HVT_RING_STRUCT_SIZE + 4095) >> 12))
+        if pages <= self._restore_pages:
+            return
+        self._restore_pages |= pages
+        self._restore_plan = [(start << 12, os.pread(snap.mem_fd, (end - start) << 12, snap.mem_offset + (start << 12)))
+                              for start, end in page_runs(self._restore_pages)]
 
     def request_stop(self) -> None:
         """Make run() return None at the next exit, from any thread; a guest waiting in POLL is

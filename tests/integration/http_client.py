@@ -60,6 +60,7 @@ def check(host: str, port: int, path: str) -> tuple[bool, int, float, str]:
 def main() -> None:
     host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     results = []
+    started = time.perf_counter()
     if mode == "get":
         try:
             status, body = get(host, port, sys.argv[4])
@@ -92,7 +93,7 @@ def main() -> None:
     print(json.dumps({"ok": sum(r[0] for r in results), "total": len(results),
                       "served": sorted({r[1] for r in results}),
                       "errors": [r[3] for r in results if not r[0]][:5],
-                      "seconds": [r[2] for r in results]}))
+                      "seconds": [r[2] for r in results], "elapsed": time.perf_counter() - started}))
 
 
 if __name__ == "__main__":

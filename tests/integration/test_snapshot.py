@@ -5,8 +5,6 @@ tests/guests/test_snapshot.c counts its runs in .bss and dirties 64 pages after 
 """
 import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
