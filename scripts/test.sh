@@ -11,10 +11,16 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v gdb >/dev/null || need+=(gdb)
 # solo5-hvt (../shared/solo5-v0.12.1, the reference the conformance tests compare with) links it.
 [ -e /lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || need+=(libseccomp2)
-if [ ${#need[@]} -gt 0 ]; then
+# The lwIP example (ukvm serve's tests) builds lwIP from Debian's source package: `apt-get source`
+# needs deb-src entries and dpkg-dev.
+command -v dpkg-source >/dev/null || need+=(dpkg-dev)
+command -v curl >/dev/null || need+=(curl)
+update=0
+bash examples/httpd/apt-deb-src.sh | grep -q added && update=1
+if [ ${#need[@]} -gt 0 ] || [ $update = 1 ]; then
     echo "test.sh: installing ${need[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 exec python3 -m pytest -q -ra "$@"

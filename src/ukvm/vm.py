@@ -319,6 +319,11 @@ class VM:
         self._restore_plan = [(start << 12, os.pread(snap.mem_fd, (end - start) << 12, snap.mem_offset + (start << 12)))
                               for start, end in page_runs(self._restore_pages)]
 
+    @property
+    def pages_written(self) -> int:
+        """How many pages of the snapshot this clone holds its own copy of (all it ever wrote)."""
+        return len(self._restore_pages)
+
     def request_stop(self) -> None:
         """Make run() return None at the next exit, from any thread; a guest waiting in POLL is
         woken, a spinning one stopped."""
