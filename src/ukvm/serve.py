@@ -55,6 +55,7 @@ READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 DEFAULT_DEADLINE_S = 10.0
 READY_TIMEOUT_S = 30.0
 SWITCH_INTERVAL_S = 0.0005
+DRAIN_GRACE_S = 5.0
 
 
 class ServeError(UkvmError):
@@ -318,6 +319,10 @@ class Server:
         while not (self.draining and not self.by_port and not self.waiting and len(self.idle) == len(self.clones)):
             if self.drain_requested:
                 self.drain()
+            if self.draining and time.monotonic() > self.drain_deadline:
+                busy = len(self.clones) - len(self.idle)
+                self.log(f"drain: {busy} clone(s) did not come back within {DRAIN_GRACE_S:.0f} s after the deadline")
+                return
             timeout = self._expire(time.monotonic())
             for key, events in self.sel.select(timeout):
                 kind, obj = key.data
@@ -343,6 +348,7 @@ class Server:
         """Stop accepting; serve_forever returns once the connections in flight are done."""
         if not self.draining:
             self.draining = True
+            self.drain_deadline = time.monotonic() + self.deadline_s + DRAIN_GRACE_S
             if self.listener is not None:
                 self.sel.unregister(self.listener)
                 self.listener.close()
@@ -621,6 +627,8 @@ class Server:
             clone.stop()
         for clone in self.clones:
             clone.thread.join(timeout=5)
+            if clone.thread.is_alive():     # still inside the VM: leave it to the process's exit
+                continue
             clone.vm.close()
             clone.sock.close()
         self.clones.clear()
