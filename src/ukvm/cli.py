@@ -206,6 +206,8 @@ Commands:
                                            a fresh VM clone per TCP connection (see serve --help)
   build SRC... -o APP.hvt [ --manifest manifest.json ] [ --cflags=FLAGS ]
                                            compile and link a unikernel against the ukvm runtime
+  oci build APP.hvt -o IMAGE.tar [ --tag NAME ] [ --cmdline ARGS ] [ --block NAME=FILE ]
+                                           an OCI image archive in urunc's format (docs/kubernetes.md)
   manifest gen SOURCE.json OUTPUT.c|OUTPUT.o   generate the manifest note (- for stdin/stdout)
   manifest dump APP.hvt                    print the manifest of a unikernel as JSON
   manifest abi APP.hvt                     print the ABI note of a unikernel as JSON
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "serve":
         from ukvm.serve import serve_main
         return serve_main(rest)
+    if cmd == "oci":
+        from ukvm.oci.image import oci_main
+        return oci_main(rest)
     if cmd == "build":
         from ukvm.build import build_main
         return build_main(rest)

@@ -1,0 +1,181 @@
+"""oci/image.py: `ukvm oci build`: a unikernel as an OCI image archive in urunc's format.
+
+The archive is an OCI image layout (oci-layout, index.json, blobs/sha256/...) that
+`ctr images import` and `docker load`-like tools take. Its single layer holds the unikernel at
+/unikernel/APP.hvt, block images under /unikernel/block/, and /urunc.json; the same urunc
+annotations (com.urunc.unikernel.*) are on the manifest and in the image config's labels, so
+the image runs under urunc and under ukvm-oci alike (docs/kubernetes.md).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+
+from ukvm.errors import UkvmError, UsageError
+
+ANNOTATION = "com.urunc.unikernel."
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+# ukvm's own key for several named block devices ("NAME=PATH,NAME=PATH"); urunc's `block` names
+# one image without a device name.
+UKVM_BLOCKS = "com.ukvm.blocks"
+
+
+def urunc_json(annotations: dict[str, str]) -> bytes:
+    """/urunc.json: the annotations with base64-encoded values, as urunc reads them."""
+    return json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in annotations.items()},
+                      indent=1, sort_keys=True).encode()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+    tar.addfile(info)
+
+
+def _blob(out: tarfile.TarFile, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    _add(out, f"blobs/sha256/{digest}", data)
+    return f"sha256:{digest}", len(data)
+
+
+def image_name(tag: str) -> str:
+    """A full reference: `hello` -> docker.io/library/hello:latest, as containerd names images."""
+    name, colon, version = tag.rpartition(":")
+    if not colon or "/" in version:
+        name, version = tag, "latest"
+    domain = name.split("/")[0]
+    if "/" not in name:
+        name = f"docker.io/library/{name}"
+    elif "." not in domain and ":" not in domain and domain != "localhost":
+        name = f"docker.io/{name}"
+    return f"{name}:{version}"
+
+
+def write_archive(output: str, files: list[tuple[str, bytes, int]], config: dict,
+                  annotations: dict[str, str], tag: str) -> str:
+    """An OCI image layout archive with one layer of `files` (path, bytes, mode); `config` is
+    the image config's `config` part. Returns the image's full name."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        made = set()
+        for path, data, mode in files:
+            parts = path.strip("/").split("/")
+            for i in range(1, len(parts)):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    _dir(tar, d)
+                    made.add(d)
+            _add(tar, "/".join(parts), data, mode)
+    layer_bytes = layer.getvalue()
+    full = image_name(tag)
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with tarfile.open(output, "w", format=tarfile.PAX_FORMAT) as out:
+        layer_digest, layer_size = _blob(out, layer_bytes)
+        image_config = {"created": created, "architecture": "amd64", "os": "linux", "config": config,
+                        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+                        "history": [{"created": created, "created_by": "ukvm oci build"}]}
+        config_digest, config_size = _blob(out, json.dumps(image_config, sort_keys=True).encode())
+        manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                    "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": config_size},
+                    "layers": [{"mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer_size}]}
+        if annotations:
+            manifest["annotations"] = annotations
+        manifest_digest, manifest_size = _blob(out, json.dumps(manifest, sort_keys=True).encode())
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [{"mediaType": MEDIA_MANIFEST, "digest": manifest_digest, "size": manifest_size,
+                                "annotations": {"io.containerd.image.name": full,
+                                                "org.opencontainers.image.ref.name": full.rpartition(":")[2]}}]}
+        _add(out, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        _add(out, "index.json", json.dumps(index, sort_keys=True).encode())
+    return full
+
+
+def build_image(app: str, output: str, tag: str, cmdline: str = "",
+                blocks: list[tuple[str, str]] | None = None) -> str:
+    """A unikernel image in urunc's format; returns the image's full name."""
+    from ukvm.vm import Kernel          # checks the image is an hvt unikernel with a manifest
+    kernel = Kernel(app)
+    kernel.close()
+    app_path = "/unikernel/" + os.path.basename(app)
+    annotations = {ANNOTATION + "binary": app_path, ANNOTATION + "cmdline": cmdline,
+                   ANNOTATION + "unikernelType": "solo5", ANNOTATION + "hypervisor": "hvt"}
+    with open(app, "rb") as f:
+        files = [(app_path, f.read(), 0o755)]
+    if blocks:
+        placed = []
+        for name, path in blocks:
+            try:
+                with open(path, "rb") as f:
+                    files.append((f"/unikernel/block/{name}", f.read(), 0o644))
+            except OSError as e:
+                raise UsageError(f"--block {name}={path}: {os.strerror(e.errno)}", show_usage=False) from None
+            placed.append(f"{name}=/unikernel/block/{name}")
+        annotations[ANNOTATION + "block"] = f"/unikernel/block/{blocks[0][0]}"
+        annotations[UKVM_BLOCKS] = ",".join(placed)
+    files.append(("/urunc.json", urunc_json(annotations), 0o644))
+    # CRI requires a command; ukvm-oci and urunc run the unikernel instead of it.
+    config = {"Labels": annotations, "Entrypoint": [app_path], "Cmd": cmdline.split() if cmdline else [], "Env": []}
+    return write_archive(output, files, config, annotations, tag)
+
+
+OCI_USAGE = """usage: ukvm oci build APP.hvt -o IMAGE.tar [--tag NAME[:TAG]] [--cmdline "ARGS"] [--block NAME=FILE]...
+An OCI image archive in urunc's format (for `ctr images import`); see docs/kubernetes.md."""
+
+
+def oci_main(argv: list[str]) -> int:
+    import sys
+    err = sys.stderr
+    if not argv or argv[0] != "build" or "--help" in argv or "-h" in argv:
+        print(OCI_USAGE, file=err)
+        return 0 if argv and argv[0] != "build" and ("--help" in argv or "-h" in argv) else 2
+    app = output = None
+    tag, cmdline, blocks = "", "", []
+    args = iter(argv[1:])
+    try:
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if name in ("-o", "--output", "--tag", "--cmdline", "--block") and not eq:
+                value = next(args, None)
+                if value is None:
+                    raise UsageError(f"{name} needs a value")
+            if name in ("-o", "--output"):
+                output = value
+            elif name == "--tag":
+                tag = value
+            elif name == "--cmdline":
+                cmdline = value
+            elif name == "--block":
+                bname, sep, path = value.partition("=")
+                if not sep or not bname.isalnum() or not path:
+                    raise UsageError(f"--block: expected NAME=FILE, got {value!r}")
+                blocks.append((bname, path))
+            elif arg.startswith("-"):
+                raise UsageError(f"unknown option {arg!r}")
+            elif app is None:
+                app = arg
+            else:
+                raise UsageError(f"unexpected argument {arg!r}")
+        if app is None or output is None:
+            raise UsageError("APP.hvt and -o IMAGE.tar are required")
+        full = build_image(app, output, tag or os.path.splitext(os.path.basename(app))[0], cmdline, blocks)
+    except UkvmError as e:
+        print(f"ukvm oci: {e}", file=err)
+        return 2 if isinstance(e, UsageError) else 1
+    except OSError as e:
+        print(f"ukvm oci: {output}: {os.strerror(e.errno)}", file=err)
+        return 1
+    print(f"ukvm oci: wrote {output} ({full})", file=err)
+    return 0
