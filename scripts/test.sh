@@ -15,6 +15,10 @@ command -v gdb >/dev/null || need+=(gdb)
 # needs deb-src entries and dpkg-dev.
 command -v dpkg-source >/dev/null || need+=(dpkg-dev)
 command -v curl >/dev/null || need+=(curl)
+# ukvm-oci's tests start Debian's containerd (with its runc shim) and use the CNI plugins.
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 update=0
 bash examples/httpd/apt-deb-src.sh | grep -q added && update=1
 if [ ${#need[@]} -gt 0 ] || [ $update = 1 ]; then

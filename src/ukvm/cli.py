@@ -72,6 +72,25 @@ def _signal_exit(signum, _frame):
     raise SignalExit(signum)
 
 
+URUNC_NET_NAMES = ("service", "tap")     # the NIC names urunc gives (MirageOS, Rumprun)
+
+
+def urunc_device_names(options: list[str], manifest) -> list[str]:
+    """urunc names the NIC `service` or `tap` whatever the unikernel declared: when that name is
+    not declared and the manifest has exactly one NET_BASIC device, the option means that one
+    (docs/kubernetes.md). Anything else is left for the modules to accept or refuse."""
+    from ukvm.manifest import MFT_DEV_NET_BASIC
+    nics = [e.name for e in manifest.devices() if e.type == MFT_DEV_NET_BASIC]
+    out = []
+    for arg in options:
+        for opt in ("--net:", "--net-mac:"):
+            name = arg[len(opt):].partition("=")[0] if arg.startswith(opt) else None
+            if name in URUNC_NET_NAMES and len(nics) == 1 and manifest.find(name, MFT_DEV_NET_BASIC) is None:
+                arg = f"{opt}{nics[0]}={arg.partition('=')[2]}"
+        out.append(arg)
+    return out
+
+
 def _run_to_snapshot(vm: VM, path: str, prog: str) -> int:
     """--snapshot-at=ready: run until the first POLL with nothing pending, then write the
     snapshot. Unconfined: it creates a memfd and the file (docs/serve.md)."""
@@ -102,6 +121,9 @@ def run_main(argv: list[str], prog: str) -> int:
             arg = argv[i]
             if arg.startswith("--restore="):
                 restore = arg[len("--restore="):]
+            if arg == "":            # urunc passes empty arguments where it has no option
+                i += 1
+                continue
             if arg == "--" or not arg.startswith("-"):
                 at = i + 1 if arg == "--" else i
                 kernel_at = at if at < len(argv) else None
@@ -134,9 +156,11 @@ def run_main(argv: list[str], prog: str) -> int:
             guest_cpl = "auto"
             stats = False
             snapshot_at = snapshot_file = None
-            for arg in argv[:kernel_at]:
+            for arg in urunc_device_names(argv[:kernel_at], manifest):
                 if arg == "--":
                     break
+                if arg == "":
+                    continue
                 if arg.startswith("--mem="):
                     mem = parse_mem(arg[len("--mem="):])
                 elif arg == "--x-no-sandbox":

@@ -35,6 +35,7 @@ def missing() -> str | None:
 class Containerd:
     def __init__(self, work: Path):
         self.work = work
+        self.made_run_dir = not os.path.exists("/run/containerd")   # ctr makes it; removed if so
         self.sock = str(work / "containerd.sock")
         (work / "cni").mkdir(parents=True, exist_ok=True)
         (work / "cni" / "10-ukvm-test.conflist").write_text(json.dumps({
@@ -105,3 +106,5 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         self.log.close()
+        if self.made_run_dir:
+            shutil.rmtree("/run/containerd", ignore_errors=True)
