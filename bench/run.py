@@ -7,7 +7,8 @@ Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests 
 solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-hvt), exits (one
 exit per operation, ukvm against solo5-hvt on the same binaries, and the KVM_RUN floors), serve
 (the lwIP httpd example: a fresh clone per request against one long-running server, a cold
-`ukvm run` per request and Solo5's build on solo5-hvt; the reset alone; memory per clone). Guests are built from bench/guests
+`ukvm run` per request and Solo5's build on solo5-hvt; the reset alone; memory per clone),
+kubernetes (CRI create+start of a ukvm pod against runc's pause container, via containerd). Guests are built from bench/guests
 with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
@@ -627,10 +628,72 @@ def bench_serve(work, quick):
             "Solo5-built httpd on solo5-hvt, long-running")
 
 
+
+def _pod_start(cri, handler, image, name, logs, until_output) -> float:
+    """ms from CreateContainer to the container's first output (or RUNNING, for pause)."""
+    from cri_client import CriClient
+    config = CriClient.sandbox_config(name, f"uid-{name}", "bench", str(logs))
+    sid = cri.run_pod_sandbox(config, handler)
+    try:
+        log = logs / f"{name}.log"
+        t0 = time.perf_counter()
+        cid = cri.create_container(sid, config, name, image, f"{name}.log")
+        cri.start_container(cid)
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.stat().st_size > 0 if until_output else cri.container_state(cid)[0] == 1):
+            assert time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.002)
+        took = (time.perf_counter() - t0) * 1e3
+        cri.stop_container(cid, 5)
+        cri.remove_container(cid)
+        return took
+    finally:
+        cri.stop_pod_sandbox(sid)
+        cri.remove_pod_sandbox(sid)
+
+
+def bench_kubernetes(work, quick):
+    """CRI CreateContainer+StartContainer to the first guest output of a ukvm pod (hello), next to
+    runc's for a pause container (to RUNNING: pause prints nothing), through Debian's containerd."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+    from containerd_env import PAUSE_IMAGE, Containerd, missing
+    from cri_client import CriClient
+    from ukvm.oci.image import write_archive
+    if missing():
+        print(f"kubernetes: skipped: {missing()}")
+        return
+    hello = work / "k8s-hello.hvt"
+    sh(sys.executable, "-m", "ukvm", "build", ROOT / "examples" / "hello", "-o", hello)
+    sh(sys.executable, "-m", "ukvm", "oci", "build", hello, "-o", work / "hello.tar", "--tag", "ukvm-hello:1")
+    pause = work / "pause"
+    sh("gcc", "-static", "-O2", "-o", pause, ROOT / "tests" / "oci" / "pause.c")
+    write_archive(str(work / "pause.tar"), [("/pause", pause.read_bytes(), 0o755)], {"Entrypoint": ["/pause"]}, {},
+                  PAUSE_IMAGE.split("/")[-1])
+    (work / "ctrd").mkdir()
+    env = Containerd(work / "ctrd")
+    try:
+        for tar in ("hello.tar", "pause.tar"):
+            env.ctr("images", "import", work / tar, namespace="k8s.io", timeout=300)
+        cri = CriClient(env.sock)
+        logs = work / "k8s-logs"
+        logs.mkdir()
+        n = 3 if quick else 10
+        ukvm_ms, runc_ms = [], []
+        for i in range(n):          # interleaved, so both see the same machine
+            ukvm_ms.append(_pod_start(cri, "ukvm", "docker.io/library/ukvm-hello:1", f"u{i}", logs, True))
+            runc_ms.append(_pod_start(cri, "", PAUSE_IMAGE, f"r{i}", logs, False))
+        cri.close()
+    finally:
+        env.close()
+    row("k8s", "CRI create+start to first guest output", statistics.median(ukvm_ms), "ms",
+        statistics.median(runc_ms), "runc: pause container to RUNNING",
+        note=f"ukvm min {min(ukvm_ms):.0f}, runc min {min(runc_ms):.0f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve")
+    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve,kubernetes")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
@@ -645,7 +708,8 @@ def main() -> int:
                     "cpl3": lambda: bench_cpl3(work, floor, args.quick),
                     "solo5": lambda: bench_solo5(work, floor, args.quick),
                     "exits": lambda: bench_exits(work, floor, args.quick),
-                    "serve": lambda: bench_serve(work, args.quick)}
+                    "serve": lambda: bench_serve(work, args.quick),
+                    "kubernetes": lambda: bench_kubernetes(work, args.quick)}
         for name in args.only.split(","):
             sections[name]()
     # Sections not run this time keep their recorded rows.
