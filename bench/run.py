@@ -601,7 +601,7 @@ def bench_serve(work, quick):
         peer = None
         if solo5_sdk.available():
             lwip = httpd_build.fetch_lwip()
-            sdk_image = solo5_sdk.build(httpd_build.sources(lwip), work / "httpd-solo5.hvt",
+            sdk_image = solo5_sdk.build(httpd_build.sources(lwip, solo5_toolchain=True), work / "httpd-solo5.hvt",
                                         (ROOT / "examples" / "httpd" / "manifest.json").read_text(),
                                         ["-O2", "-mgeneral-regs-only", "-fno-tree-loop-distribute-patterns",
                                          *httpd_build.include_flags(lwip)])   # solo5-hvt runs it at CPL0

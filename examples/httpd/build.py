@@ -42,10 +42,16 @@ def fetch_lwip() -> Path:
     return Path(found[-1]).parents[2]
 
 
-def sources(lwip: Path) -> list[Path]:
+def sources(lwip: Path, solo5_toolchain: bool = False) -> list[Path]:
+    """The C files of the example; with Solo5's toolchain, which brings no C library, also the
+    ukvm runtime's C library fallbacks (`ukvm build` links those by itself)."""
     src = lwip / "src"
-    return ([HERE / "httpd.c", HERE / "libc.c"] + [src / "core" / f for f in LWIP_CORE]
-            + [src / "core" / "ipv4" / f for f in LWIP_IPV4] + [src / "netif" / "ethernet.c"])
+    files = ([HERE / "httpd.c", HERE / "libc.c"] + [src / "core" / f for f in LWIP_CORE]
+             + [src / "core" / "ipv4" / f for f in LWIP_IPV4] + [src / "netif" / "ethernet.c"])
+    if solo5_toolchain:
+        from ukvm.build import RUNTIME_DIR
+        files += sorted((RUNTIME_DIR / "libc").glob("*.c"))
+    return files
 
 
 def include_flags(lwip: Path) -> list[str]:

@@ -1,54 +1,9 @@
-/* libc.c: the C library functions lwIP and httpd.c call, so that the example links the same
- * way with ukvm build and with Solo5's toolchain (neither has a C library). Built with
- * -fno-tree-loop-distribute-patterns so that gcc does not turn these loops into calls to
- * themselves. */
+/* libc.c: the two C library functions lwIP calls that the ukvm runtime's fallbacks
+ * (src/ukvm/runtime/libc: memcpy, memmove, memset, memcmp, strlen) do not provide. With Solo5's
+ * toolchain, which has no C library, build.py adds those fallbacks' sources too. */
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
-
-void *memcpy(void *dst, const void *src, size_t n)
-{
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    while (n--)
-        *d++ = *s++;
-    return dst;
-}
-
-void *memmove(void *dst, const void *src, size_t n)
-{
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    if (d < s)
-        return memcpy(dst, src, n);
-    while (n--)
-        d[n] = s[n];
-    return dst;
-}
-
-void *memset(void *dst, int c, size_t n)
-{
-    unsigned char *d = dst;
-    while (n--)
-        *d++ = (unsigned char)c;
-    return dst;
-}
-
-int memcmp(const void *a, const void *b, size_t n)
-{
-    const unsigned char *x = a, *y = b;
-    for (; n; n--, x++, y++)
-        if (*x != *y)
-            return *x - *y;
-    return 0;
-}
-
-size_t strlen(const char *s)
-{
-    size_t n = 0;
-    while (s[n])
-        n++;
-    return n;
-}
 
 int strncmp(const char *a, const char *b, size_t n)
 {

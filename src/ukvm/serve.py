@@ -334,10 +334,8 @@ class Server:
                     self._accept()
                 elif kind == "report":
                     self._reports()
-                elif kind == "client":
-                    self._relay_client(obj, events)
-                elif kind == "upstream":
-                    self._relay_upstream(obj, events)
+                elif kind in ("client", "upstream"):
+                    self._relay(obj, events, kind == "client")
 
     def request_drain(self) -> None:
         """From a signal handler: drain at the next turn of the loop."""
@@ -406,30 +404,23 @@ class Server:
         self.sel.register(up, READ | WRITE, ("upstream", conn))
 
     # --- relaying ------------------------------------------------------------------------------
-    def _relay_client(self, conn: Connection, events: int) -> None:
-        if events & READ and not conn.client_eof:
-            data = _recv(conn.client)
+    def _relay(self, conn: Connection, events: int, client_side: bool) -> None:
+        """Move bytes for one socket of a connection: what it sends is queued for the other
+        side, what the other side sent is written to it."""
+        sock = conn.client if client_side else conn.upstream
+        inbox, outbox = (conn.to_guest, conn.to_client) if client_side else (conn.to_client, conn.to_guest)
+        eof = "client_eof" if client_side else "guest_eof"
+        error = "client_error" if client_side else "guest_error"
+        if events & READ and not getattr(conn, eof):
+            data = _recv(sock)
             if data is None:
-                return self._finish(conn, "client_error")
+                return self._finish(conn, error)
             if data is not AGAIN:
-                conn.to_guest += data
-                conn.client_eof = not data
-        if events & WRITE and conn.to_client:
-            if not _send(conn.client, conn.to_client):
-                return self._finish(conn, "client_error")
-        self._progress(conn)
-
-    def _relay_upstream(self, conn: Connection, events: int) -> None:
-        if events & READ and not conn.guest_eof:
-            data = _recv(conn.upstream)
-            if data is None:
-                return self._finish(conn, "guest_error")
-            if data is not AGAIN:
-                conn.to_client += data
-                conn.guest_eof = not data
-        if events & WRITE and conn.to_guest:
-            if not _send(conn.upstream, conn.to_guest):
-                return self._finish(conn, "guest_error")
+                inbox += data
+                setattr(conn, eof, not data)
+        if events & WRITE and outbox:
+            if not _send(sock, outbox):
+                return self._finish(conn, error)
         self._progress(conn)
 
     def _progress(self, conn: Connection) -> None:

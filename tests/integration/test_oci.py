@@ -110,7 +110,7 @@ def test_detached_kill_ps_delete(containerd, images):
         assert "sleep1" in tasks and "RUNNING" in tasks, tasks
         ps = containerd.ctr("task", "ps", "sleep1").stdout.split()
         pid = int(ps[ps.index("INFO") + 1])
-        containerd.ctr("task", "kill", "sleep1")                   # SIGTERM reaches the tender
+        containerd.ctr("task", "kill", "--all", "sleep1")          # SIGTERM reaches the tender, and only it
         deadline = time.monotonic() + 30
         while "STOPPED" not in containerd.ctr("task", "ls").stdout:
             assert time.monotonic() < deadline

@@ -43,7 +43,7 @@ def httpd_solo5(tmp_path_factory) -> Path:
     lwip = httpd_build.fetch_lwip()
     out = tmp_path_factory.mktemp("httpd-solo5") / "httpd.hvt"
     flags = ["-O2", "-fno-tree-loop-distribute-patterns", *httpd_build.include_flags(lwip)]
-    return solo5_sdk.build(httpd_build.sources(lwip), out, (HTTPD / "manifest.json").read_text(), flags)
+    return solo5_sdk.build(httpd_build.sources(lwip, solo5_toolchain=True), out, (HTTPD / "manifest.json").read_text(), flags)
 
 
 class Served:
