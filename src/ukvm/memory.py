@@ -190,17 +190,25 @@ class GuestMemory:
 
 class TrackedGuestMemory(GuestMemory):
     """Guest memory of a clone: remembers which pages the tender wrote for the guest (hypercall
-    results, frames, blocks), which KVM's dirty log does not see, so that reset can drop them."""
+    results, frames, blocks), which KVM's dirty log does not see, so that reset can restore them.
+    A set of page numbers: bounded by the guest's size however long a restored VM runs."""
 
     def __init__(self, size: int, backing: tuple[int, int] | None = None):
         super().__init__(size, backing)
-        self.host_dirty: list[tuple[int, int]] = []
+        self.host_dirty: set[int] = set()
+
+    def _note(self, gpa: int, size: int) -> None:
+        first, last = gpa >> 12, (gpa + size - 1) >> 12
+        if first == last:
+            self.host_dirty.add(first)
+        elif last > first:
+            self.host_dirty.update(range(first, last + 1))
 
     def writable_view(self, gpa: int, size: int) -> memoryview:
         view = super().writable_view(gpa, size)
-        self.host_dirty.append((gpa, size))
+        self._note(gpa, size)
         return view
 
     def pack(self, st: struct.Struct, gpa: int, *values) -> None:
         super().pack(st, gpa, *values)
-        self.host_dirty.append((gpa, st.size))
+        self._note(gpa, st.size)

@@ -307,10 +307,8 @@ class VM:
         if raw != self._last_bitmap:
             pages = dirty_pages(raw)
             self._last_bitmap = raw
-        mem = self.mem
-        for gpa, size in mem.host_dirty:
-            pages.update(range(gpa >> 12, (gpa + size + 4095) >> 12))
-        mem.host_dirty.clear()
+        pages |= self.mem.host_dirty
+        self.mem.host_dirty.clear()
         if snap.ring_gpa:      # the ring's control words and commits, written by the ring thread
             pages.update(range(snap.ring_gpa >> 12, (snap.ring_gpa + hvt.HVT_RING_STRUCT_SIZE + 4095) >> 12))
         if pages <= self._restore_pages:

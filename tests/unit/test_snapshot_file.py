@@ -150,3 +150,17 @@ def test_dirty_bitmap_decoding():
     assert pages == {0, 1, 2, 63, 64, 4000, 131071}
     assert page_runs(pages) == [(0, 3), (63, 65), (4000, 4001), (131071, 131072)]
     assert dirty_pages(bytes(100)) == set()
+
+
+def test_tender_writes_are_remembered_by_page():
+    from ukvm import hvt_abi as hvt2
+    from ukvm.memory import TrackedGuestMemory
+    mem = TrackedGuestMemory(2 << 20)
+    try:
+        mem.pack(hvt2.U32, 0x10FFE, 7)                      # crosses into the next page
+        with mem.writable_view(0x20000, 3 * 4096):
+            pass
+        mem.pack(hvt2.U32, 0x10000, 1)
+        assert mem.host_dirty == {0x10, 0x11, 0x20, 0x21, 0x22}
+    finally:
+        mem.close()
