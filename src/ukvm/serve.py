@@ -167,6 +167,12 @@ class Metrics:
         self.http.server_close()
 
 
+def default_host_ip(guest: ipaddress.IPv4Address) -> ipaddress.IPv4Interface:
+    """The first address of the guest's /24 that is not the guest's."""
+    network = ipaddress.IPv4Network(f"{guest}/24", strict=False)
+    return ipaddress.IPv4Interface(f"{next(h for h in network.hosts() if h != guest)}/24")
+
+
 def vcpu_cpus() -> set[int]:
     """The CPUs for clones' vCPU threads: all this process may use but the first, which is left to
     the event loop. A vCPU that moves between CPUs costs kvm_pvm a great deal (measured: 30% more
@@ -191,8 +197,7 @@ class Server:
         self.log = log or (lambda msg: print(f"ukvm serve: {msg}", file=sys.stderr, flush=True))
         try:
             self.guest_ip = ipaddress.IPv4Address(guest[0])
-            net = ipaddress.IPv4Interface(host_ip) if host_ip else \
-                ipaddress.IPv4Interface(f"{next(h for h in ipaddress.IPv4Network(f'{guest[0]}/24', strict=False).hosts() if h != self.guest_ip)}/24")
+            net = ipaddress.IPv4Interface(host_ip) if host_ip else default_host_ip(self.guest_ip)
         except ValueError as e:
             raise UsageError(f"bad address: {e}", show_usage=False) from None
         if self.guest_ip not in net.network or self.guest_ip == net.ip:
@@ -297,8 +302,8 @@ class Server:
         finally:
             vm.close()
             sock.close()
-        self.log(f"snapshot taken: {self.snapshot.size >> 20} MiB guest, "
-                 f"{sum(e - s for s, e in data_ranges(self.snapshot.mem_fd, 0, self.snapshot.size)) >> 10} KiB of it written")
+        written = sum(e - s for s, e in data_ranges(self.snapshot.mem_fd, 0, self.snapshot.size))
+        self.log(f"snapshot taken: {self.snapshot.size >> 20} MiB guest, {written >> 10} KiB of it written")
         return mac
 
     def _add_clone(self, index: int) -> None:
