@@ -11,6 +11,7 @@ wrap; values the guest gave as u64 are compared as such.
 import ctypes
 import mmap
 import os
+import re
 import struct
 
 from ukvm.errors import GuestMemoryError, KvmError
@@ -24,6 +25,9 @@ PROT_WRITE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.mprotect.restype = ctypes.c_int
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.mincore.restype = ctypes.c_int
+PAGE = 4096
 
 
 class GuestMemory:
@@ -173,6 +177,17 @@ class GuestMemory:
             self._readonly.append((start, end))
         if not prot & PROT_WRITE:
             self._write_floor = max(self._write_floor, end)
+
+    def resident_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) runs of pages that hold data (mincore) and may be read from the host:
+        what a copy of this memory must take (snapshots); the rest reads as zeros anyway."""
+        vec = (ctypes.c_ubyte * ((self.size + PAGE - 1) // PAGE))()
+        if _libc.mincore(self.host_addr, self.size, vec) != 0:
+            raise KvmError(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+        runs = [(m.start() * PAGE, m.end() * PAGE) for m in re.finditer(rb"[\x01-\xff]+", bytes(vec))]
+        for hole_start, hole_end in self._noaccess:
+            runs = [r for s, e in runs for r in ((s, min(e, hole_start)), (max(s, hole_end), e)) if r[0] < r[1]]
+        return runs
 
     def protected_ranges(self) -> dict[str, list[tuple[int, int]]]:
         return {"readonly": list(self._readonly), "noaccess": list(self._noaccess)}

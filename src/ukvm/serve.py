@@ -114,7 +114,7 @@ class Clone:
 
 class Connection:
     __slots__ = ("client", "upstream", "clone", "port", "deadline", "started", "to_guest", "to_client",
-                 "client_eof", "guest_eof", "shut_upstream", "shut_client", "failed")
+                 "client_eof", "guest_eof", "shut_upstream", "shut_client")
 
     def __init__(self, client: socket.socket, started: float, deadline: float):
         self.client = client
@@ -127,7 +127,6 @@ class Connection:
         self.to_client = bytearray()
         self.client_eof = self.guest_eof = False
         self.shut_upstream = self.shut_client = False
-        self.failed = False
 
 
 class Metrics:
@@ -243,6 +242,19 @@ class Server:
             raise ServeError(f"cannot create TAP {name}: {os.strerror(e.errno)}") from None
         self.tap_name = name
         self.mtu = 1500
+        # Addresses first: a port in use is one line before anything boots.
+        try:
+            self.listener = socket.create_server(listen, backlog=1024)
+        except OSError as e:
+            raise ServeError(f"--listen {listen[0]}:{listen[1]}: {e.strerror or e}") from None
+        self.listener.setblocking(False)
+        self.address = self.listener.getsockname()
+        if metrics is not None:
+            try:
+                self.metrics = Metrics(self, metrics)
+            except OSError as e:
+                raise ServeError(f"--metrics {metrics[0]}:{metrics[1]}: {os.strerror(e.errno)}") from None
+            self.metrics.in_use.set(0)
         kernel = Kernel(kernel_path)
         try:
             self.guest_mac = self._boot_and_snapshot(kernel, args, mem, guest_cpl)
@@ -250,18 +262,9 @@ class Server:
             kernel.close()
         for i in range(pool):
             self._add_clone(i)
-        self.listener = socket.create_server(listen, backlog=1024)
-        self.listener.setblocking(False)
-        self.address = self.listener.getsockname()
         self.sel.register(self.listener, READ, ("listen", None))
         self.sel.register(self.tap_fd, READ, ("tap", None))
         self.sel.register(self.report_fd, READ, ("report", None))
-        if metrics is not None:
-            try:
-                self.metrics = Metrics(self, metrics)
-            except OSError as e:
-                raise ServeError(f"--metrics {metrics[0]}:{metrics[1]}: {os.strerror(e.errno)}") from None
-            self.metrics.in_use.set(0)
 
     @staticmethod
     def _net_module(modules) -> NetModule:

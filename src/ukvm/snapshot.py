@@ -41,9 +41,6 @@ SAVED_MSRS = (0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103, 0xC0000081, 0xC000
               0xC0000083, 0xC0000084, 0x174, 0x175, 0x176, 0x277)
 PROTECTIONS = ("readonly", "noaccess")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-_libc.mincore.restype = ctypes.c_int
 
 
 class SnapshotError(UkvmError):
@@ -264,15 +261,6 @@ def _is_u64(value) -> bool:
 
 
 # --- memory --------------------------------------------------------------------------------------
-def resident_ranges(host_addr: int, size: int) -> list[tuple[int, int]]:
-    """Page runs of a mapping that hold data (mincore): what a copy must take; the rest reads as
-    zeros in a fresh private mapping too."""
-    vec = (ctypes.c_ubyte * ((size + PAGE - 1) // PAGE))()
-    if _libc.mincore(host_addr, size, vec) != 0:
-        raise SnapshotError(f"mincore failed: {os.strerror(ctypes.get_errno())}")
-    return [(m.start() * PAGE, m.end() * PAGE) for m in re.finditer(rb"[\x01-\xff]+", bytes(vec))]
-
-
 def data_ranges(fd: int, offset: int, size: int) -> list[tuple[int, int]]:
     """Runs of [offset, offset+size) in `fd` that are not holes, relative to offset."""
     out = []
@@ -307,21 +295,12 @@ def capture_memory(mem) -> int:
     fd = os.memfd_create("ukvm-snapshot", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, mem.size)
-        noaccess = mem.protected_ranges()["noaccess"]
-        with memoryview(mem._mm) as whole:
-            for start, end in resident_ranges(mem.host_addr, mem.size):
-                for lo, hi in _minus(start, end, noaccess):
-                    written = 0
-                    while written < hi - lo:
-                        written += os.pwrite(fd, whole[lo + written:hi], lo + written)
+        for start, end in mem.resident_ranges():
+            with mem.host_view(start, end - start) as data:
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(fd, data[written:], start + written)
     except BaseException:
         os.close(fd)
         raise
     return fd
-
-
-def _minus(start: int, end: int, holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    parts = [(start, end)]
-    for hs, he in holes:
-        parts = [p for s, e in parts for p in ((s, min(e, hs)), (max(s, he), e)) if p[0] < p[1]]
-    return parts

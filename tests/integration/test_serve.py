@@ -68,9 +68,7 @@ class Served:
 
     def metrics(self) -> dict:
         from prometheus_client.parser import text_string_to_metric_families
-        p = self.ns.run("curl", "-s", "-m", "10", "http://127.0.0.1:9100/metrics") if _has_curl() else \
-            self.ns.run(sys.executable, "-c", "import urllib.request,sys;"
-                        "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9100/metrics',timeout=10).read().decode())")
+        p = self.ns.run("curl", "-s", "-m", "10", "http://127.0.0.1:9100/metrics")
         assert p.returncode == 0, p.stdout
         values = {}
         for family in text_string_to_metric_families(p.stdout.decode()):
@@ -111,10 +109,6 @@ class Served:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.ns.close()
-
-
-def _has_curl() -> bool:
-    return subprocess.run(["sh", "-c", "command -v curl"], capture_output=True).returncode == 0
 
 
 def metric(values: dict, name: str, **labels) -> float:
@@ -231,7 +225,19 @@ def test_unsuitable_unikernels_are_refused_in_one_line(guest, tmp_path):
             out = p.stdout.decode()
             assert p.returncode == 1 and message in out and "Traceback" not in out, out
             assert len([line for line in out.splitlines() if line.startswith("ukvm serve:")]) == 1
+        holder = ns.popen(sys.executable, "-c", "import socket, sys, time; s = socket.create_server(('127.0.0.1', 8081));"
+                          "print('bound', flush=True); time.sleep(60)")
+        try:
+            assert holder.stdout.readline() == b"bound\n"
+            p = ns.run(sys.executable, "-m", "ukvm", "serve", "--listen=127.0.0.1:8081", "--guest=10.0.0.2:80", hello,
+                       timeout=60)
+            out = p.stdout.decode()
+            assert p.returncode == 1 and "--listen 127.0.0.1:8081: Address already in use" in out, out
+            assert "Traceback" not in out and "Solo5" not in out, out          # refused before any boot
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
         links = ns.run("ip", "-o", "link").stdout.decode()
-        assert "ukvms" not in links, links           # the TAP made for the failed start is gone
+        assert "ukvms" not in links, links           # the TAPs made for the failed starts are gone
     finally:
         ns.close()

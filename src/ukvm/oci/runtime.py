@@ -246,7 +246,7 @@ def _alive(pid: int, start_time: int) -> bool:
 
 # --- commands ----------------------------------------------------------------------------------
 def cmd_create(root: str, cid: str, bundle: str, pid_file: str | None, console_socket: str | None,
-               log: Log, argv: list[str]) -> int:
+               argv: list[str]) -> int:
     bundle = os.path.abspath(bundle)
     try:
         with open(os.path.join(bundle, "config.json")) as f:
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             if command == "run":
                 raise OciError("run: use create and start")
             return cmd_create(root, pos[0], opts.get("bundle", opts.get("b", ".")), opts.get("pid-file"),
-                              opts.get("console-socket"), log, argv)
+                              opts.get("console-socket"), argv)
         c = Container(root, pos[0])
         if not c.exists():
             return _runc(argv)           # a container runc created (the pod's sandbox, ...)

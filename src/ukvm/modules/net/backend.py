@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
+from typing import TYPE_CHECKING
 
-ETH_HEADER = 14
+if TYPE_CHECKING:
+    import socket
 
 
 class NetBackend:
@@ -42,6 +43,7 @@ class NetBackend:
 
 def frame_pipe(name: str, mtu: int) -> tuple[NetBackend, socket.socket]:
     """A backend for a VM and the socket its switch uses for the other direction."""
+    import socket      # only for `ukvm serve`: every `ukvm run` imports this module (3 ms)
     vm_end, switch_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # Room for a burst of full frames each way: a TCP window's worth queued for a slow guest.
     for s in (vm_end, switch_end):
