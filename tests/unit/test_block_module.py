@@ -115,3 +115,17 @@ def test_close_flushes_every_device(block, monkeypatch):
     fds = [d.fd for d in block.devices.values()]
     block.close()
     assert synced == fds
+
+
+@pytest.mark.parametrize("state", [{}, {"storage": [16384]}, {"storage": [16384, "512"]},
+                                   {"storage": [16384, 3]}, {"storage": [16384, 1 << 20]}])
+def test_restore_refuses_a_geometry_no_boot_could_give(disk, state):
+    """A snapshot file's block state is input: anything but [capacity, power-of-two size] is one error."""
+    m = Manifest.parse(manifest_payload(("storage", MFT_DEV_BLOCK_BASIC)), "t")
+    mod = BlockModule(m)
+    mod.attach("storage", str(disk))
+    try:
+        with pytest.raises(HostIOError, match="storage: not a block device of the snapshot"):
+            mod.restore(FakeVM(GuestMemory(4 * MIB)), state)
+    finally:
+        mod.close()

@@ -113,7 +113,8 @@ class BlockModule(Module):
         Their contents are not part of a snapshot (docs/serve.md)."""
         for name, dev in self.devices.items():
             want = state.get(name)
-            if not (isinstance(want, list) and len(want) == 2):
+            if not (isinstance(want, list) and len(want) == 2 and all(type(v) is int for v in want)
+                    and 512 <= want[1] <= 0xFFFF and not want[1] & (want[1] - 1)):
                 raise HostIOError(f"{name}: not a block device of the snapshot")
             self.sector_sizes.setdefault(name, want[1])
             if [dev.capacity, self.sector_sizes[name]] != want:

@@ -152,10 +152,10 @@ class NetModule(Module):
         serve the ring exactly when the snapshot's guest was offered it."""
         for name, dev in self.devices.items():
             want = state.get(name)
-            if not isinstance(want, dict) or not isinstance(want.get("mac"), str):
+            mac = parse_mac(want["mac"]) if isinstance(want, dict) and isinstance(want.get("mac"), str) else None
+            if mac is None:
                 raise UsageError(f"{name}: not a network device of the snapshot", show_usage=False)
-            mac = parse_mac(want["mac"])
-            if mac is None or dev.mtu != want.get("mtu"):
+            if dev.mtu != want.get("mtu"):
                 raise UsageError(f"{name}: the snapshot's guest has MTU {want.get('mtu')}; "
                                  f"{dev.backend.name} has MTU {dev.mtu}", show_usage=False)
             self.macs[name] = mac
