@@ -185,6 +185,8 @@ def run_main(argv: list[str], prog: str) -> int:
                 raise UsageError("--snapshot-at=ready and --snapshot=FILE go together")
             if snapshot_file is not None and restore is not None:
                 raise UsageError("--snapshot and --restore cannot be combined")
+            if restore is not None and (mem != hvt.MEM_DEFAULT or guest_cpl != "auto"):
+                raise UsageError("--mem and --x-guest-cpl cannot be given with --restore: the snapshot fixes them")
             signal.signal(signal.SIGINT, _signal_exit)
             signal.signal(signal.SIGTERM, _signal_exit)
             warn = lambda msg: print(f"{prog}: {msg}", file=err, flush=True)   # noqa: E731

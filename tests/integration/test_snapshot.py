@@ -95,9 +95,15 @@ def test_solo5_built_guest_snapshots_under_the_supervisor(tmp_path):
     (["--snapshot-at=ready"], "--snapshot-at=ready and --snapshot=FILE go together"),
     (["--snapshot-at=boot", "--snapshot=x"], "Malformed argument to --snapshot-at"),
     (["--restore=x", "KERNEL"], "no KERNEL or ARGS may be given"),
+    (["--mem=64", "--restore=SNAP"], "--mem and --x-guest-cpl cannot be given with --restore"),
 ])
-def test_cli_usage_errors(image, args, message):
-    p = ukvm("run", *[image if a == "KERNEL" else a for a in args] + ([] if "KERNEL" in args else [image]))
+def test_cli_usage_errors(image, args, message, tmp_path):
+    snap = tmp_path / "s.snap"
+    if any("SNAP" in a for a in args):
+        assert ukvm("run", "--mem=32", "--snapshot-at=ready", f"--snapshot={snap}", image).returncode == 0
+    args = [a.replace("SNAP", str(snap)) for a in args]
+    kernel = [] if "KERNEL" in args or any(a.startswith("--restore") for a in args) else [image]
+    p = ukvm("run", *[image if a == "KERNEL" else a for a in args] + kernel)
     assert p.returncode != 0 and message.encode() in p.stdout and b"Traceback" not in p.stdout, p.stdout
 
 
