@@ -505,9 +505,9 @@ def main(argv: list[str] | None = None) -> int:
             raise OciError(f"command {command!r} is not supported for unikernel containers")
         if not pos:
             raise OciError(f"{command}: missing container id")
-        if command in ("create", "run"):
-            if command == "run":
-                raise OciError("run: use create and start")
+        if command == "run":
+            raise OciError("run: use create and start")
+        if command == "create":
             return cmd_create(root, pos[0], opts.get("bundle", opts.get("b", ".")), opts.get("pid-file"),
                               opts.get("console-socket"), argv)
         c = Container(root, pos[0])
