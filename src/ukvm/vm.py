@@ -393,7 +393,7 @@ class VM:
             if in_main:
                 signal.signal(signal.SIGUSR1, old_usr1)
 
-    def _run_loop(self) -> int:
+    def _run_loop(self) -> int | None:
         # The hot path: one ioctl, one unpack of the exit, one list index, the handler. Every name
         # is a local: on kvm_pvm each KVM_RUN round trip gets dearer with every cache line and
         # page the tender touches between exits (docs/performance.md).
