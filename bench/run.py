@@ -112,7 +112,7 @@ class KvmRunTimer:
 
 def in_process(kernel_path, args, mem=8 << 20, modules=None, guest_cpl="auto"):
     """Run one VM in this process; returns (total s, inside KVM_RUN s, exits, guest stdout)."""
-    from ukvm.vm import VM, Kernel
+    from ukvm.machine.vm import VM, Kernel
     kernel = Kernel(str(kernel_path))
     timer = KvmRunTimer()
     r, w = os.pipe()

@@ -10,11 +10,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ukvm import hvt_abi as hvt                                         # noqa: E402
-from ukvm.elf import NOTE_MFT1, ElfFile                                 # noqa: E402
+from ukvm.machine.elf import NOTE_MFT1, ElfFile                                 # noqa: E402
 from ukvm.errors import UkvmError                                       # noqa: E402
-from ukvm.exits import HypercallTable                                   # noqa: E402
-from ukvm.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Entry, Manifest, parse_json  # noqa: E402
-from ukvm.memory import PROT_READ, GuestMemory                          # noqa: E402
+from ukvm.machine.exits import HypercallTable                                   # noqa: E402
+from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Entry, Manifest, parse_json  # noqa: E402
+from ukvm.machine.memory import PROT_READ, GuestMemory                          # noqa: E402
 from ukvm.modules.block import BlockModule                              # noqa: E402
 from ukvm.modules.core import CoreModule                                # noqa: E402
 from ukvm.modules.net import NetDevice                                  # noqa: E402

@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "tests" / "guests"
 RUN_TIMEOUT = 60   # seconds, as upstream's harness
+# Subprocesses (`python -m ukvm`) import this checkout too, never another installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 
 
 def kvm_usable() -> bool:

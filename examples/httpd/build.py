@@ -49,7 +49,7 @@ def sources(lwip: Path, solo5_toolchain: bool = False) -> list[Path]:
     files = ([HERE / "httpd.c", HERE / "libc.c"] + [src / "core" / f for f in LWIP_CORE]
              + [src / "core" / "ipv4" / f for f in LWIP_IPV4] + [src / "netif" / "ethernet.c"])
     if solo5_toolchain:
-        from ukvm.build import RUNTIME_DIR
+        from ukvm.toolchain.build import RUNTIME_DIR
         files += sorted((RUNTIME_DIR / "libc").glob("*.c"))
     return files
 

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import needs_kvm, run_hvt
 from ukvm import hvt_abi as hvt
-from ukvm.elf import ElfFile
-from ukvm.vm import VM, Kernel
+from ukvm.machine.elf import ElfFile
+from ukvm.machine.vm import VM, Kernel
 
 pytestmark = needs_kvm
 ON_PVM = os.path.exists("/sys/module/kvm_pvm")

@@ -11,8 +11,8 @@ import pytest
 
 import solo5_sdk
 from conftest import GUESTS, needs_kvm, ukvm
-from ukvm.snapshot import SnapshotError
-from ukvm.vm import VM, Kernel
+from ukvm.machine.snapshot import SnapshotError
+from ukvm.machine.vm import VM, Kernel
 
 pytestmark = needs_kvm
 RESUMED = re.compile(rb"resumed: runs=(\d+) scratch=(\d+) clock_ok=(\d+) wall_s=(\d+)")
@@ -138,5 +138,5 @@ def test_restore_needs_the_snapshots_devices(tmp_path, guest):
 def test_snapshot_errors_are_snapshot_errors():
     assert issubclass(SnapshotError, Exception)
     with pytest.raises(SnapshotError):
-        from ukvm.snapshot import Snapshot
+        from ukvm.machine.snapshot import Snapshot
         Snapshot.load("/nonexistent/snapshot")

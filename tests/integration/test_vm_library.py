@@ -5,7 +5,7 @@ import pytest
 
 from conftest import needs_kvm
 from ukvm.errors import GuestFault, UsageError
-from ukvm.vm import VM, Kernel
+from ukvm.machine.vm import VM, Kernel
 
 pytestmark = needs_kvm
 

@@ -1,8 +1,8 @@
 """elfgen.py: build small synthetic hvt ELF images in memory for loader tests."""
 import struct
 
-from ukvm.elf import NOTE_ABI1, NOTE_MFT1, Elf64_Ehdr, Elf64_Phdr
-from ukvm.manifest import MFT_RESERVED_FIRST, Entry, Manifest
+from ukvm.machine.elf import NOTE_ABI1, NOTE_MFT1, Elf64_Ehdr, Elf64_Phdr
+from ukvm.machine.manifest import MFT_RESERVED_FIRST, Entry, Manifest
 
 
 def note(n_type: int, desc: bytes, namesz: int = 6, name: bytes = b"Solo5\0\0\0") -> bytes:

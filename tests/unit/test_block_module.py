@@ -8,8 +8,8 @@ from elfgen import manifest_payload
 from test_hypercalls import FakeVM
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestMemoryError, HostIOError
-from ukvm.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Manifest
-from ukvm.memory import PROT_READ, GuestMemory
+from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Manifest
+from ukvm.machine.memory import PROT_READ, GuestMemory
 from ukvm.modules.block import BlockModule
 
 MIB = 1 << 20

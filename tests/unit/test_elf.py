@@ -4,10 +4,10 @@ import struct
 import pytest
 
 from elfgen import abi_note, make_elf, mft_note, note
-from ukvm.elf import NOTE_MFT1, ElfFile
+from ukvm.machine.elf import NOTE_MFT1, ElfFile
 from ukvm.errors import ElfError, UkvmError
-from ukvm.memory import GuestMemory
-from ukvm.vm import Kernel
+from ukvm.machine.memory import GuestMemory
+from ukvm.machine.vm import Kernel
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from ukvm.errors import UkvmError
 from ukvm.kvm import abi
-from ukvm.memory import GuestMemory
-from ukvm.gdbstub import LAYOUT, GdbStub, PacketReader, checksum, escape, target_xml, unescape
+from ukvm.machine.memory import GuestMemory
+from ukvm.modules.gdb.stub import LAYOUT, GdbStub, PacketReader, checksum, escape, target_xml, unescape
 
 MIB = 1 << 20
 

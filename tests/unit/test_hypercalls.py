@@ -7,10 +7,10 @@ import pytest
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault, GuestMemoryError
-from ukvm.exits import HypercallTable, handle_exit
+from ukvm.machine.exits import HypercallTable, handle_exit
 from ukvm.kvm import abi
-from ukvm.manifest import Manifest
-from ukvm.memory import PROT_READ, GuestMemory
+from ukvm.machine.manifest import Manifest
+from ukvm.machine.memory import PROT_READ, GuestMemory
 from ukvm.modules.core import CoreModule
 from elfgen import manifest_payload
 

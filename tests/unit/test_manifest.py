@@ -6,7 +6,7 @@ import pytest
 
 from elfgen import manifest_payload
 from ukvm.errors import ManifestError
-from ukvm.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Manifest, generate_c, parse_json
+from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Manifest, generate_c, parse_json
 
 
 def test_parse_valid_and_lookup():

@@ -9,8 +9,8 @@ from elfgen import manifest_payload
 from test_hypercalls import FakeVM
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestMemoryError
-from ukvm.manifest import MFT_DEV_NET_BASIC, Manifest
-from ukvm.memory import PROT_READ, GuestMemory
+from ukvm.machine.manifest import MFT_DEV_NET_BASIC, Manifest
+from ukvm.machine.memory import PROT_READ, GuestMemory
 from ukvm.modules.core import CoreModule
 from ukvm.modules.net import NetDevice, NetModule, parse_mac
 from ukvm.modules.net.backend import NetBackend

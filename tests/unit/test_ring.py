@@ -8,8 +8,8 @@ import pytest
 from elfgen import manifest_payload
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestMemoryError
-from ukvm.manifest import MFT_DEV_NET_BASIC, Manifest
-from ukvm.memory import GuestMemory
+from ukvm.machine.manifest import MFT_DEV_NET_BASIC, Manifest
+from ukvm.machine.memory import GuestMemory
 from ukvm.modules.net import NetDevice
 from ukvm.modules.net.backend import NetBackend
 from ukvm.modules.net.ring import OFF_COMMITS, OFF_ENTRIES, RING_COMMIT, RING_ENTRY, RingServer

@@ -10,9 +10,9 @@ from hypothesis import given, settings, strategies as st
 from elfgen import manifest_payload
 from ukvm import hvt_abi as hvt
 from ukvm.kvm import abi
-from ukvm.manifest import MFT_DEV_NET_BASIC
-from ukvm.snapshot import HEADER, Snapshot, SnapshotError, VcpuState, data_ranges
-from ukvm.vm import dirty_pages, page_runs
+from ukvm.machine.manifest import MFT_DEV_NET_BASIC
+from ukvm.machine.snapshot import HEADER, Snapshot, SnapshotError, VcpuState, data_ranges
+from ukvm.machine.vm import dirty_pages, page_runs
 
 SIZE = 2 << 20
 
@@ -154,7 +154,7 @@ def test_dirty_bitmap_decoding():
 
 def test_tender_writes_are_remembered_by_page():
     from ukvm import hvt_abi as hvt2
-    from ukvm.memory import TrackedGuestMemory
+    from ukvm.machine.memory import TrackedGuestMemory
     mem = TrackedGuestMemory(2 << 20)
     try:
         mem.pack(hvt2.U32, 0x10FFE, 7)                      # crosses into the next page

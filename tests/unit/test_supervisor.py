@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
-from ukvm import supervisor as sv
-from ukvm.memory import GuestMemory
-from ukvm.vm import guest_cpl_plan
+from ukvm.machine import supervisor as sv
+from ukvm.machine.memory import GuestMemory
+from ukvm.machine.vm import guest_cpl_plan
 
 MIB = 1 << 20
 
@@ -69,7 +69,7 @@ def test_install_state_and_page_tables():
     (0, "3", True, (False, True)),
 ])
 def test_guest_cpl_plan(monkeypatch, note, choice, pvm, expected):
-    monkeypatch.setattr("ukvm.vm.host_emulates_cpl0", lambda: pvm)
+    monkeypatch.setattr("ukvm.machine.vm.host_emulates_cpl0", lambda: pvm)
     assert guest_cpl_plan(note, choice) == expected
 
 

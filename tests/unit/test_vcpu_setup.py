@@ -2,8 +2,8 @@
 import struct
 
 from ukvm import hvt_abi as hvt
-from ukvm.memory import GuestMemory
-from ukvm.vcpu import initial_sregs, write_gdt, write_page_tables
+from ukvm.machine.memory import GuestMemory
+from ukvm.machine.vcpu import initial_sregs, write_gdt, write_page_tables
 
 
 def q(mem, gpa):

@@ -1,0 +1,3 @@
+"""kvm: the KVM API as ctypes structs and ioctls (the lowest layer).
+
+May import: ukvm.errors only."""

@@ -4,14 +4,17 @@ A module may accept command-line options (handle_arg), registers its hypercalls 
 setup(), runs hooks on halt, and releases what it opened in close(). The VM knows modules only
 through this interface, so devices plug in without touching the core.
 
-Annotations name `VM` (ukvm.vm.VM) without importing it: ukvm.vm imports the modules, and the
+Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm imports the modules, and the
 tender imports only what a run needs (docs/performance.md).
+
+May import: ukvm.errors, ukvm.hvt_abi, ukvm.kvm, ukvm.machine (memory, manifest, vcpu),
+ukvm.sandbox (to declare what each module needs). Never a front end.
 """
 from __future__ import annotations
 
 import sys
 
-from ukvm.manifest import Manifest
+from ukvm.machine.manifest import Manifest
 
 
 

@@ -11,7 +11,7 @@ import os
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError
-from ukvm.manifest import MFT_DEV_BLOCK_BASIC, Entry
+from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, Entry
 from ukvm.modules import Module, parse_module_option
 
 DEFAULT_BLOCK_SIZE = 512

@@ -104,7 +104,7 @@ def prstatus(vm: VM, cookie: int) -> bytes:
         _cr2, _ec, rip, cs, rflags, rsp, ss = vm.mem.unpack(TRAP_FRAME, cookie)
         regs.update(rip=rip, cs=cs & 0xFFFF, eflags=rflags, rsp=rsp, ss=ss & 0xFFFF)
     elif vm.supervised:          # ended by a supervisor report: the guest's registers it saved
-        from ukvm.supervisor import reported_guest_regs
+        from ukvm.machine.supervisor import reported_guest_regs
         regs.update(reported_guest_regs(vm.mem) or {})
     out = bytearray(PRSTATUS_SIZE)
     struct.pack_into(f"<{len(USER_REGS)}Q", out, PRSTATUS_REGS_OFFSET, *(regs[n] & (2**64 - 1) for n in USER_REGS))

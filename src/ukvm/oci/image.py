@@ -106,7 +106,7 @@ def write_archive(output: str, files: list[tuple[str, bytes, int]], config: dict
 def build_image(app: str, output: str, tag: str, cmdline: str = "",
                 blocks: list[tuple[str, str]] | None = None) -> str:
     """A unikernel image in urunc's format; returns the image's full name."""
-    from ukvm.vm import Kernel          # checks the image is an hvt unikernel with a manifest
+    from ukvm.machine.vm import Kernel          # checks the image is an hvt unikernel with a manifest
     kernel = Kernel(app)
     kernel.close()
     app_path = "/unikernel/" + os.path.basename(app)

@@ -110,8 +110,8 @@ def memory_mib(spec: dict) -> int:
 
 
 def tender_argv(keys: dict[str, str], rootfs: str, spec: dict, net: dict | None) -> list[str]:
-    from ukvm.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC
-    from ukvm.vm import Kernel
+    from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC
+    from ukvm.machine.vm import Kernel
     binary = inside(rootfs, keys[ANNOTATION + "binary"])
     kernel = Kernel(binary)
     try:
@@ -311,8 +311,8 @@ def _container_process(c: Container, spec: dict, rootfs: str, keys: dict, consol
 
 
 def _wants_network(rootfs: str, keys: dict) -> bool:
-    from ukvm.manifest import MFT_DEV_NET_BASIC
-    from ukvm.vm import Kernel
+    from ukvm.machine.manifest import MFT_DEV_NET_BASIC
+    from ukvm.machine.vm import Kernel
     kernel = Kernel(inside(rootfs, keys[ANNOTATION + "binary"]))
     try:
         return any(e.type == MFT_DEV_NET_BASIC for e in kernel.manifest().devices())

@@ -11,10 +11,10 @@ import os
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError, UsageError
-from ukvm.manifest import MFT_DEV_NET_BASIC, Entry
+from ukvm.machine.manifest import MFT_DEV_NET_BASIC, Entry
 from ukvm.modules import Module, parse_module_option
 from ukvm.modules.net.backend import NetBackend
-from ukvm.vcpu import host_emulates_cpl0
+from ukvm.machine.vcpu import host_emulates_cpl0
 
 MAX_IFACE = 19     # longer --net values are cut, as upstream does
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")

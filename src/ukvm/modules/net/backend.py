@@ -26,7 +26,7 @@ class NetBackend:
     @classmethod
     def tap(cls, iface: str) -> NetBackend:
         """TAP `iface` by name, or an open TAP fd given as `@FD` (not closed by us)."""
-        from ukvm.tap import adopt_tap_fd, open_tap   # only when a NIC is attached
+        from ukvm.modules.net.tap import adopt_tap_fd, open_tap   # only when a NIC is attached
         if iface.startswith("@"):
             if not iface[1:].isdigit():
                 raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))

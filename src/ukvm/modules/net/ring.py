@@ -26,7 +26,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault, HostIOError, KvmError, UkvmError
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm, VmFd
-from ukvm.memory import GuestMemory
+from ukvm.machine.memory import GuestMemory
 
 if TYPE_CHECKING:
     from ukvm.modules.net import NetDevice

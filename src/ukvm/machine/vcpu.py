@@ -10,7 +10,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import KvmError
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm, VcpuFd
-from ukvm.memory import GuestMemory
+from ukvm.machine.memory import GuestMemory
 
 PTE_P = 0x1
 PTE_RW = 0x2

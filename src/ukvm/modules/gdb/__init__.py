@@ -1,6 +1,6 @@
-"""modules/gdb.py: `--gdb` and `--gdb-port=PORT` (hvt-abi.md 16; docs/debugging.md).
+"""modules/gdb: `--gdb` and `--gdb-port=PORT` (hvt-abi.md 16; docs/debugging.md).
 
-The options live here; the protocol stub (ukvm/gdbstub.py) is imported only when --gdb is
+The options live here; the protocol stub (stub.py) is imported only when --gdb is
 given, so that other runs do not pay for it at start-up.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class GdbModule(Module):
 
     def setup(self, vm: VM) -> None:
         if self.enabled:
-            from ukvm.gdbstub import GdbStub
+            from ukvm.modules.gdb.stub import GdbStub
             self.stub = GdbStub(vm, self.warn)
             self.stub.connect(self.port)
 

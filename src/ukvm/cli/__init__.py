@@ -1,7 +1,10 @@
-"""cli.py: the `ukvm` command (run, build, manifest) and `ukvm-hvt`, a drop-in for solo5-hvt.
+"""cli: the `ukvm` command (run, build, manifest) and `ukvm-hvt`, a drop-in for solo5-hvt.
 
 The CLI is a thin layer over the library: it parses arguments the way solo5-hvt does
 (hvt-abi.md section 2), builds a VM, runs it and turns errors into `prog: message` + exit status.
+
+A front end. May import every layer below (machine, modules, sandbox, toolchain); serve and oci
+are imported only to dispatch their subcommands.
 """
 import _signal as signal  # the C module behind `signal`, without its enum import
 import os
@@ -12,7 +15,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
 from ukvm.modules import default_modules, module_classes
 from ukvm.sandbox import sandbox_vm
-from ukvm.vm import GUEST_CPL_CHOICES, VM, Kernel
+from ukvm.machine.vm import GUEST_CPL_CHOICES, VM, Kernel
 
 
 def _prog() -> str:
@@ -79,7 +82,7 @@ def urunc_device_names(options: list[str], manifest) -> list[str]:
     """urunc names the NIC `service` or `tap` whatever the unikernel declared: when that name is
     not declared and the manifest has exactly one NET_BASIC device, the option means that one
     (docs/kubernetes.md). Anything else is left for the modules to accept or refuse."""
-    from ukvm.manifest import MFT_DEV_NET_BASIC
+    from ukvm.machine.manifest import MFT_DEV_NET_BASIC
     nics = [e.name for e in manifest.devices() if e.type == MFT_DEV_NET_BASIC]
     out = []
     for arg in options:
@@ -139,7 +142,7 @@ def run_main(argv: list[str], prog: str) -> int:
             if kernel_at is not None:
                 raise UsageError("--restore goes on from a snapshot: no KERNEL or ARGS may be given")
             kernel_at = len(argv)
-            from ukvm.snapshot import Snapshot
+            from ukvm.machine.snapshot import Snapshot
             kernel = Snapshot.load(restore)
         elif kernel_at is None:
             raise UsageError("Missing KERNEL operand")
@@ -258,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         from ukvm.oci.image import oci_main
         return oci_main(rest)
     if cmd == "build":
-        from ukvm.build import build_main
+        from ukvm.toolchain.build import build_main
         return build_main(rest)
     if cmd == "manifest":
-        from ukvm.manifest_tool import manifest_main
+        from ukvm.cli.manifest_tool import manifest_main
         return manifest_main(rest)
     print(f"ukvm: unknown command: {cmd}\n{MAIN_USAGE}", file=sys.stderr)
     return 1

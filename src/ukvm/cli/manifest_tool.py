@@ -5,10 +5,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ukvm.build import compile_manifest, gen_manifest_c
-from ukvm.elf import ABI_TARGETS, NOTE_MFT1, ElfFile
+from ukvm.toolchain.build import compile_manifest, gen_manifest_c
+from ukvm.machine.elf import ABI_TARGETS, NOTE_MFT1, ElfFile
 from ukvm.errors import ElfError, ManifestError, UkvmError
-from ukvm.manifest import Manifest
+from ukvm.machine.manifest import Manifest
 
 USAGE = """usage: ukvm manifest COMMAND ...
   gen SOURCE OUTPUT   generate the manifest note from SOURCE (JSON) as C (OUTPUT.c or -)

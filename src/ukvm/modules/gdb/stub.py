@@ -1,4 +1,4 @@
-"""gdbstub.py: the GDB remote-serial-protocol stub behind `--gdb` (modules/gdb.py; hvt-abi.md 16;
+"""modules/gdb/stub.py: the GDB remote-serial-protocol stub behind `--gdb` (modules/gdb/__init__.py; hvt-abi.md 16;
 docs/debugging.md). Imported only when --gdb is given.
 
 The tender waits for one debugger on 127.0.0.1:PORT before the guest's first instruction, then
@@ -22,7 +22,7 @@ import threading
 
 from ukvm.errors import GuestMemoryError, UkvmError, UsageError
 from ukvm.kvm import abi
-from ukvm.vcpu import host_emulates_cpl0
+from ukvm.machine.vcpu import host_emulates_cpl0
 
 SIGINT, SIGKILL = 2, 9
 MAX_PACKET = 4096

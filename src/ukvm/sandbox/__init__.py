@@ -1,10 +1,12 @@
-"""sandbox.py: confine the tender with seccomp before the guest runs (docs/security.md).
+"""sandbox: confine the tender with seccomp before the guest runs (docs/security.md).
 
 The filter is a classic BPF program written here (no libseccomp). It is installed on all
 threads (TSYNC, so the ring I/O thread is covered) after every fd, thread and epoll set exists
 and before the first KVM_RUN. Anything not listed kills the whole process (SIGSYS): no open,
 exec, socket, fork, mprotect or executable mmap. Where an argument says what a call touches, it
 is filtered: the fd of reads and writes, the fd and request of ioctl, PROT_EXEC for mmap.
+
+May import: ukvm.errors and ukvm.kvm only: every other layer declares its needs to it.
 """
 import ctypes
 import os

@@ -15,16 +15,16 @@ import _thread
 import sys
 
 from ukvm import hvt_abi as hvt
-from ukvm.elf import NOTE_MFT1, UKVM_MODE_CPL3, ElfFile
+from ukvm.machine.elf import NOTE_MFT1, UKVM_MODE_CPL3, ElfFile
 from ukvm.errors import ElfError, KvmError, UkvmError, UsageError
-from ukvm.exits import HypercallTable, handle_exit, translation_fault
+from ukvm.machine.exits import HypercallTable, handle_exit, translation_fault
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm
-from ukvm.manifest import Manifest, type_name
-from ukvm.memory import PROT_NONE, PROT_READ, GuestMemory
+from ukvm.machine.manifest import Manifest, type_name
+from ukvm.machine.memory import PROT_NONE, PROT_READ, GuestMemory
 from ukvm.modules import Module, default_modules
 from ukvm.modules.core import CoreModule
-from ukvm.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
+from ukvm.machine.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
 
 GUEST_CPL_CHOICES = ("auto", "0", "3")
 # kvm_run from exit_reason (@8) through the I/O exit (@32): reason, direction, size, port, count,
@@ -187,7 +187,7 @@ class VM:
             choice = "0"          # --gdb: kvm_pvm debugs CPL0 code only (gdbstub.py)
         runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, choice)
         if self.supervised:
-            from ukvm import supervisor
+            from ukvm.machine import supervisor
             code = supervisor.image()
         write_page_tables(self.mem, user=runtime_cpl3 or self.supervised)
         write_gdt(self.mem)
@@ -207,7 +207,7 @@ class VM:
         self._write_boot_info(loaded.kernel_end, tsc_hz, join_cmdline(args))
 
     def _register_supervisor(self) -> None:
-        from ukvm import supervisor
+        from ukvm.machine import supervisor
         self.hypercalls.report_port = (supervisor.SV_REPORT_PORT, lambda: supervisor.report_error(self.mem))
 
     # --- snapshots (snapshot.py, docs/serve.md) ------------------------------------------------
@@ -217,8 +217,8 @@ class VM:
         """A VM that goes on from `snap`, its memory a private copy-on-write mapping of the
         snapshot's; reset() brings it back there. `modules` (built on snap.manifest()) carry the
         devices to attach; their state comes from the snapshot."""
-        from ukvm.memory import TrackedGuestMemory
-        from ukvm.snapshot import SnapshotError
+        from ukvm.machine.memory import TrackedGuestMemory
+        from ukvm.machine.snapshot import SnapshotError
         self = cls.__new__(cls)
         self.kernel = None
         self.guest_cpl_choice = "auto"
@@ -261,7 +261,7 @@ class VM:
 
     def snapshot(self) -> Snapshot:
         """Capture this VM, stopped at a hypercall boundary (run() returned None)."""
-        from ukvm.snapshot import Snapshot, VcpuState, capture_memory
+        from ukvm.machine.snapshot import Snapshot, VcpuState, capture_memory
         if self._run_thread is not None:
             raise UkvmError("snapshot: the VM is running")
         for module in self.modules:

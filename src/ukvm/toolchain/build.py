@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 from ukvm import __version__
-from ukvm.cache import cache_dir
+from ukvm.toolchain.cache import cache_dir
 from ukvm.errors import UkvmError
-from ukvm.manifest import generate_c, parse_json
+from ukvm.machine.manifest import generate_c, parse_json
 
-RUNTIME_DIR = Path(__file__).parent / "runtime"
+RUNTIME_DIR = Path(__file__).parent.parent / "runtime"
 INCLUDE_DIR = RUNTIME_DIR / "include"
 LINKER_SCRIPT = RUNTIME_DIR / "hvt.lds"
 RUNTIME_OBJ = "ukvm_hvt.o"

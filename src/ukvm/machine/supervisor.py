@@ -15,13 +15,13 @@ import zlib
 
 from ukvm import __version__
 from ukvm import hvt_abi as hvt
-from ukvm.cache import cache_dir
+from ukvm.toolchain.cache import cache_dir
 from ukvm.errors import GuestFault, UkvmError
 from ukvm.kvm import abi
-from ukvm.memory import GuestMemory
-from ukvm.vcpu import PTE_P, PTE_RW, initial_sregs
+from ukvm.machine.memory import GuestMemory
+from ukvm.machine.vcpu import PTE_P, PTE_RW, initial_sregs
 
-SRC_DIR = os.path.join(os.path.dirname(__file__), "runtime", "supervisor")
+SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "runtime", "supervisor")
 SOURCES = ("layout.h", "entry.S", "supervisor.c", "supervisor.lds")
 
 # Mirrors runtime/supervisor/layout.h (tests/unit/test_supervisor.py compares them).
@@ -101,7 +101,7 @@ def image() -> bytes:
 
 def _build(out: str) -> bytes:
     import tempfile
-    from ukvm.build import RUNTIME_CFLAGS, base_cflags, compiler, run_tool
+    from ukvm.toolchain.build import RUNTIME_CFLAGS, base_cflags, compiler, run_tool
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as tmp:
         objs = []

@@ -7,7 +7,7 @@ import os
 import struct
 
 from ukvm.errors import ElfError
-from ukvm.memory import PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
+from ukvm.machine.memory import PROT_NONE, PROT_READ, PROT_WRITE, GuestMemory
 
 Elf64_Ehdr = struct.Struct("<16sHHIQQQIHHHHHH")
 Elf64_Phdr = struct.Struct("<IIQQQQQQ")

@@ -1,4 +1,4 @@
-"""serve.py: `ukvm serve`: a fresh clone of one unikernel for every TCP connection (docs/serve.md).
+"""serve: `ukvm serve`: a fresh clone of one unikernel for every TCP connection (docs/serve.md).
 
 Theory of operation. The unikernel boots once, on a NIC whose frames go through the switch, and
 runs until it first waits for input with none pending (POLL with nothing readable: "ready");
@@ -23,6 +23,8 @@ its deadline passes (a spinning guest is stopped by immediate_exit and a signal)
 guest halts or faults; in every case the clone is reset and goes back to the pool, and only
 that connection is affected. SIGTERM stops accepting, lets the connections in flight finish
 (bounded by their deadlines), and releases everything: clones, TAP, sockets, the snapshot.
+
+A front end. May import machine, modules, sandbox; never cli or oci.
 """
 from __future__ import annotations
 
@@ -39,13 +41,13 @@ import time
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import UkvmError, UsageError
-from ukvm.exits import HYPERCALL_NAMES
-from ukvm.manifest import MFT_DEV_NET_BASIC
+from ukvm.machine.exits import HYPERCALL_NAMES
+from ukvm.machine.manifest import MFT_DEV_NET_BASIC
 from ukvm.modules import default_modules
 from ukvm.modules.net import NetModule
 from ukvm.modules.net.backend import frame_pipe
-from ukvm.snapshot import data_ranges
-from ukvm.vm import VM, Kernel
+from ukvm.machine.snapshot import data_ranges
+from ukvm.machine.vm import VM, Kernel
 
 ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806
 BROADCAST = b"\xff" * 6
@@ -229,7 +231,7 @@ class Server:
 
     # --- start-up ------------------------------------------------------------------------------
     def _start(self, kernel_path, args, listen, mem, pool, metrics, tap_name, guest_cpl) -> None:
-        from ukvm.tap import create_tap
+        from ukvm.modules.net.tap import create_tap
         # A clone's vCPU thread is stopped by a signal (VM.request_stop): it needs a handler,
         # installed before the threads start (only the main thread can install it).
         if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGUSR1)):

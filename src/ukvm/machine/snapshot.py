@@ -27,7 +27,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import UkvmError
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm, VcpuFd
-from ukvm.manifest import Manifest
+from ukvm.machine.manifest import Manifest
 
 MAGIC = b"UKVMSNAP"
 VERSION = 1
