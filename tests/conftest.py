@@ -15,6 +15,13 @@ RUN_TIMEOUT = 60   # seconds, as upstream's harness
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 
 
+def pytest_sessionstart(session):
+    # The checkout under test carries the supervisor image that building the package would give
+    # it (setup.py's hook); built here when missing or older than its sources.
+    from ukvm.toolchain.supervisor_image import ensure_in_tree
+    ensure_in_tree()
+
+
 def kvm_usable() -> bool:
     return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
 

@@ -1,7 +1,9 @@
 """supervisor.py: unmodified Solo5 guests at CPL3 under ukvm's CPL0 supervisor (docs/cpl3.md).
 
-The supervisor (runtime/supervisor/) is C and assembly, built once with gcc into a flat image and
-cached like the runtime. For a guest that runs under it, the tender loads that image below
+The supervisor (runtime/supervisor/) is C and assembly, compiled into a flat image when the
+package is built (setup.py's build hook, ukvm.toolchain.supervisor_image) and shipped beside its
+sources with the image's SHA-256; loading it needs no compiler and refuses an image whose hash
+differs. For a guest that runs under it, the tender loads that image below
 0x10000 in pages hvt leaves unmapped, writes the real GDT, IDT and TSS, makes every guest page
 user-accessible and the supervisor's pages not, and starts the vCPU directly at CPL3 on the
 guest's entry point. The guest's privileged instructions and exceptions go to the supervisor;
@@ -11,15 +13,20 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 
-from ukvm import __version__
 from ukvm import hvt_abi as hvt
-from ukvm.toolchain.cache import cache_dir
 from ukvm.errors import GuestFault, UkvmError
 from ukvm.kvm import abi
 from ukvm.machine.memory import GuestMemory
 from ukvm.machine.vcpu import PTE_P, PTE_RW, initial_sregs
+
+try:                                    # the C module alone: hashlib would add ~3-8 ms of OpenSSL
+    from _sha256 import sha256          # (3.11)
+except ImportError:                     # pragma: no cover - other interpreters
+    try:
+        from _sha2 import sha256        # (3.12+)
+    except ImportError:
+        from hashlib import sha256
 
 SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "runtime", "supervisor")
 SOURCES = ("layout.h", "entry.S", "supervisor.c", "supervisor.lds")
@@ -78,48 +85,47 @@ class SupervisorError(UkvmError):
     pass
 
 
-def image() -> bytes:
-    """The supervisor's flat image, built on first use into the ukvm cache (keyed by a checksum
-    of its sources: `ukvm run` reads four small files and one cached image, and imports nothing
-    of the toolchain unless it has to build)."""
-    key = zlib.crc32(__version__.encode())
-    for name in SOURCES:
-        with open(os.path.join(SRC_DIR, name), "rb") as f:
-            key = zlib.crc32(name.encode() + b"\0" + f.read(), key)
-    cached = os.path.join(cache_dir(), f"supervisor-{key:08x}.bin")
+# What the build hook writes next to the sources: the flat image, and one line with the image's
+# SHA-256 and the SHA-256 of the sources it was built from.
+IMAGE_PATH = os.path.join(SRC_DIR, "supervisor.bin")
+DIGEST_PATH = os.path.join(SRC_DIR, "supervisor.sha256")
+
+
+def sources_digest() -> str | None:
+    """SHA-256 over the supervisor's sources (None where they are not installed)."""
+    h = sha256()
     try:
-        with open(cached, "rb") as f:
-            return f.read()
+        for name in SOURCES:
+            with open(os.path.join(SRC_DIR, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
     except FileNotFoundError:
-        pass
+        return None
+    return h.hexdigest()
+
+
+def digest_line(data: bytes, sources: str | None) -> str:
+    return f"{sha256(data).hexdigest()} {sources or '-'}\n"
+
+
+def image() -> bytes:
+    """The supervisor's flat image as the package was built with it, checked against the hash
+    recorded at build time. Refused (one line) when missing, altered, or older than its sources."""
     try:
-        return _build(cached)
-    except OSError as e:
-        raise SupervisorError(f"cannot build the CPL3 supervisor into {os.path.dirname(cached)}: "
-                              f"{e.strerror} (set UKVM_CACHE_DIR, or run with --x-guest-cpl=0)") from None
-
-
-def _build(out: str) -> bytes:
-    import tempfile
-    from ukvm.toolchain.build import RUNTIME_CFLAGS, base_cflags, compiler, run_tool
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as tmp:
-        objs = []
-        for name in ("entry.S", "supervisor.c"):
-            obj = os.path.join(tmp, name.split(".")[0] + ".o")
-            run_tool([compiler(), *base_cflags(), *RUNTIME_CFLAGS, "-I", SRC_DIR, "-c",
-                      os.path.join(SRC_DIR, name), "-o", obj])
-            objs.append(obj)
-        elf = os.path.join(tmp, "supervisor.elf")
-        run_tool(["ld", "-nostdlib", "-static", "--build-id=none", "-T", os.path.join(SRC_DIR, "supervisor.lds"),
-                  "-o", elf, *objs])
-        flat = os.path.join(tmp, "supervisor.bin")
-        run_tool(["objcopy", "-O", "binary", elf, flat])
-        with open(flat, "rb") as f:
+        with open(IMAGE_PATH, "rb") as f:
             data = f.read()
-        if not data or len(data) > SV_CODE_END - SV_BASE:
-            raise SupervisorError(f"supervisor image has a bad size ({len(data)} bytes)")
-        os.replace(flat, out)
+        with open(DIGEST_PATH) as f:
+            recorded = f.read().split()
+    except FileNotFoundError as e:
+        raise SupervisorError(f"the CPL3 supervisor image {e.filename} is missing: this copy of ukvm was "
+                              "not built (pip install ., or pip install -e . in a checkout); "
+                              "or run with --x-guest-cpl=0") from None
+    if len(recorded) != 2 or recorded[0] != sha256(data).hexdigest():
+        raise SupervisorError(f"the CPL3 supervisor image {IMAGE_PATH} does not match the hash recorded when "
+                              "ukvm was built: refusing to load it (reinstall ukvm, or run with --x-guest-cpl=0)")
+    sources = sources_digest()
+    if sources is not None and recorded[1] not in (sources, "-"):
+        raise SupervisorError(f"the CPL3 supervisor image {IMAGE_PATH} was built from other sources than those "
+                              "beside it: rebuild it (pip install -e .)")
     return data
 
 

@@ -69,7 +69,7 @@ def runtime_dir() -> Path:
     """Directory holding the built runtime object and libc archive; built if missing."""
     h = hashlib.sha256(__version__.encode())
     for path in sorted(RUNTIME_DIR.rglob("*")):
-        if path.is_file() and path.parent.name != "supervisor":   # supervisor.py caches its own
+        if path.is_file() and path.parent.name != "supervisor":   # built with the package
             h.update(str(path.relative_to(RUNTIME_DIR)).encode())
             h.update(path.read_bytes())
     h.update(run_tool([compiler(), "--version"]).encode())

@@ -1,4 +1,4 @@
-"""cache.py: where ukvm keeps what it builds once (runtime objects, the supervisor image).
+"""cache.py: where ukvm keeps what it builds once (the runtime's objects).
 
 Kept apart from build.py so that `ukvm run` finds a cached image without importing the toolchain
 driver (docs/performance.md: start-up imports)."""
