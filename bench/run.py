@@ -696,6 +696,8 @@ def main() -> int:
     ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve,kubernetes")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
+    from ukvm.toolchain.supervisor_image import ensure_in_tree
+    ensure_in_tree()      # this checkout's supervisor image, as building the package gives it
     with tempfile.TemporaryDirectory(prefix="ukvm-bench-") as tmp:
         work = Path(tmp)
         floor = work / "floor"
