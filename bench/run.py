@@ -8,7 +8,8 @@ solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-h
 exit per operation, ukvm against solo5-hvt on the same binaries, and the KVM_RUN floors), serve
 (the lwIP httpd example: a fresh clone per request against one long-running server, a cold
 `ukvm run` per request and Solo5's build on solo5-hvt; the reset alone; memory per clone),
-kubernetes (CRI create+start of a ukvm pod against runc's pause container, via containerd). Guests are built from bench/guests
+kubernetes (CRI create+start of a ukvm pod against runc's pause container, via containerd), observe
+(what --profile, --trace and --gdb cost a guest, against the same guest without them). Guests are built from bench/guests
 with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the interpreter
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
@@ -690,10 +691,67 @@ def bench_kubernetes(work, quick):
         note=f"ukvm min {min(ukvm_ms):.0f}, runc min {min(runc_ms):.0f}")
 
 
+# --- observe: what the debugging tools cost (docs/debugging.md) -------------------------------
+def _guest_value(cmd, key, stderr_into=None) -> float:
+    p = subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, timeout=600)
+    if stderr_into is not None:
+        stderr_into.append(p.stderr)
+    return guest_values(p.stdout)[key]
+
+
+def _without(*names):
+    """Modules for in_process(): the default ones minus those named."""
+    def modules(kernel):
+        from ukvm.modules import default_modules
+        return [m for m in default_modules(kernel.manifest()) if m.name not in names]
+    return modules
+
+
+def _with_option(option):
+    def modules(kernel):
+        from ukvm.modules import default_modules
+        mods = default_modules(kernel.manifest())
+        assert any(m.handle_arg(option) for m in mods)
+        return mods
+    return modules
+
+
+def bench_observe(work, quick):
+    """--profile on a compute guest, --trace off and on, a CPL3 guest under --gdb: each against
+    the same guest without the tool, runs alternated so that the shared host's load hits both."""
+    from ukvm.modules.profile import DEFAULT_RATE
+    runs = 3 if quick else 7
+    spin = build(work, "bench_spin", cpl0=False)
+    rounds = "300" if quick else "1000"
+    base, prof, said = [], [], []
+    for _ in range(runs):
+        base.append(_guest_value([LAUNCHER, "--mem=32", spin, "--solo5:quiet", rounds], "spin_ns"))
+        prof.append(_guest_value([LAUNCHER, "--mem=32", f"--profile={work}/spin.folded", spin, "--solo5:quiet",
+                                  rounds], "spin_ns", said))
+    row("observe", f"compute guest under --profile ({DEFAULT_RATE} Hz)", statistics.median(prof) / 1e6, "ms",
+        statistics.median(base) / 1e6, "same guest, no --profile", f"CPL3, {rounds}M rounds, median of {runs}")
+    per_sample = statistics.median(float(m) for m in re.findall(r"\((\d+) us a sample\)", "".join(said)))
+    row("observe", "--profile: tender time per sample", per_sample, "us", None, "",
+        f"x {DEFAULT_RATE} Hz = {per_sample * DEFAULT_RATE / 1e4:.2f}% of the guest's time, plus one EINTR exit a sample")
+
+    hc = build(work, "bench_hypercall", cpl0=False)
+    n = "20000" if quick else "100000"
+    off, absent, on = [], [], []
+    for _ in range(runs):
+        absent.append(guest_values(in_process(hc, ["--solo5:quiet", n], modules=_without("trace"))[3])["hypercall_ns"])
+        off.append(guest_values(in_process(hc, ["--solo5:quiet", n])[3])["hypercall_ns"])
+        on.append(guest_values(in_process(hc, ["--solo5:quiet", n],
+                                          modules=_with_option("--trace=/dev/null"))[3])["hypercall_ns"])
+    row("observe", "WALLTIME round trip, trace module present, off", statistics.median(off), "ns",
+        statistics.median(absent), "no trace module", f"CPL3, median of {runs}")
+    row("observe", "WALLTIME round trip, --trace=/dev/null", statistics.median(on), "ns",
+        statistics.median(absent), "no trace module", "one JSON line a hypercall")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve,kubernetes")
+    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve,kubernetes,observe")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     from ukvm.toolchain.supervisor_image import ensure_in_tree
@@ -711,7 +769,8 @@ def main() -> int:
                     "solo5": lambda: bench_solo5(work, floor, args.quick),
                     "exits": lambda: bench_exits(work, floor, args.quick),
                     "serve": lambda: bench_serve(work, args.quick),
-                    "kubernetes": lambda: bench_kubernetes(work, args.quick)}
+                    "kubernetes": lambda: bench_kubernetes(work, args.quick),
+                    "observe": lambda: bench_observe(work, args.quick)}
         for name in args.only.split(","):
             sections[name]()
     # Sections not run this time keep their recorded rows.

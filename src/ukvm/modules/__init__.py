@@ -84,9 +84,10 @@ def module_classes() -> list[type[Module]]:
     from ukvm.modules.dumpcore import DumpcoreModule
     from ukvm.modules.gdb import GdbModule
     from ukvm.modules.net import NetModule
+    from ukvm.modules.profile import ProfileModule
     from ukvm.modules.trace import TraceModule
     # TraceModule last: its set-up wraps the hypercalls the others registered.
-    return [CoreModule, BlockModule, NetModule, GdbModule, DumpcoreModule, TraceModule]
+    return [CoreModule, BlockModule, NetModule, GdbModule, DumpcoreModule, ProfileModule, TraceModule]
 
 
 def default_modules(manifest: Manifest) -> list[Module]:
