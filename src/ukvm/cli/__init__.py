@@ -15,6 +15,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
 from ukvm.modules import default_modules, module_classes
 from ukvm.sandbox import sandbox_vm
+from ukvm.units import parse_mem
 from ukvm.machine.vm import GUEST_CPL_CHOICES, VM, Kernel
 
 
@@ -43,18 +44,6 @@ def run_usage(prog: str) -> str:
     ]
     lines += [cls.usage for cls in module_classes() if cls.usage]
     return "\n".join(lines)
-
-
-def parse_mem(value: str) -> int:
-    """--mem=N: N in MiB, parsed like C `%zd` (trailing garbage ignored), wrapped to 64 bits."""
-    text = value.lstrip(" \t\n\v\f\r")
-    sign = text[:1] if text[:1] in "+-" else ""
-    digits = text[len(sign):]
-    digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
-    size = (int(sign + digits) << 20) % (1 << 64) if digits else 0
-    if size == 0:
-        raise UsageError("Malformed argument to --mem", show_usage=False)
-    return size
 
 
 def _test_hook_open_after_sandbox(vm) -> None:
