@@ -79,6 +79,7 @@ class Server:
         self.address = None
         self.sel = selectors.EpollSelector()
         self.report_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.sel.register(self.report_fd, READ, ("report", None))
 
     # --- set-up --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,7 +128,6 @@ class Server:
             self.metrics.clones.set(len(self.clones))
         self.sel.register(self.listener, READ, ("listen", None))
         self.sel.register(self.tap_fd, READ, ("tap", None))
-        self.sel.register(self.report_fd, READ, ("report", None))
         for clone in self.clones:
             clone.start()
 
@@ -203,8 +203,6 @@ class Server:
     # --- the event loop ------------------------------------------------------------------------
     def serve_forever(self) -> None:
         """Serve until a drain (request_drain, or a server-level failure) is complete."""
-        handlers = {"tap": self._from_tap, "clone": self._from_clone, "listen": self._accept,
-                    "report": self._reports}
         while not (self.draining and not self.by_port and not self.waiting and len(self.idle) == len(self.clones)):
             if self.drain_requested:
                 self.drain()
@@ -212,18 +210,26 @@ class Server:
                 busy = len(self.clones) - len(self.idle)
                 self.log(f"drain: {busy} clone(s) did not come back within {DRAIN_GRACE_S:.0f} s after the deadline")
                 return
-            timeout = self._expire(time.monotonic())
-            for key, events in self.sel.select(timeout):
-                kind, obj = key.data
-                try:
-                    if kind == "client" or kind == "upstream":
-                        self._relay(obj, events, kind == "client")
-                    elif kind == "clone":
-                        self._from_clone(obj)
-                    else:
-                        handlers[kind]()
-                except Exception as e:     # noqa: BLE001 (sorted out below: never the end of the loop)
-                    self._handler_failed(kind, obj, e)
+            self.run_once(self._expire(time.monotonic()))
+
+    def run_once(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for events and handle them. A handler's exception ends
+        only what it was handling (_handler_failed)."""
+        for key, events in self.sel.select(timeout):
+            kind, obj = key.data
+            try:
+                if kind == "client" or kind == "upstream":
+                    self._relay(obj, events, kind == "client")
+                elif kind == "clone":
+                    self._from_clone(obj)
+                elif kind == "tap":
+                    self._from_tap()
+                elif kind == "listen":
+                    self._accept()
+                else:
+                    self._reports()
+            except Exception as e:     # noqa: BLE001 (sorted out by _handler_failed: never the loop's end)
+                self._handler_failed(kind, obj, e)
 
     def _handler_failed(self, kind: str, obj, e: Exception) -> None:
         """A connection's handling failed: that connection ends. Anything else is the server's
