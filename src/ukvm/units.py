@@ -1,18 +1,15 @@
-"""units.py: parsing of option values shared by the front ends (cli, serve).
+"""units.py: --mem's parser with the message solo5-hvt gives, for serve's configuration until it
+reads its command line with the options layer (ukvm.options, where the parser lives).
 
-At the bottom of the tree: imports only errors, so a front end can use it without importing
-another front end.
+At the bottom of the tree: imports only errors and options.
 """
 from ukvm.errors import UsageError
+from ukvm.options import MEM, BadValue, parse_mem as _parse_mem
 
 
 def parse_mem(value: str) -> int:
-    """--mem=N: N in MiB, parsed like C `%zd` (trailing garbage ignored), wrapped to 64 bits."""
-    text = value.lstrip(" \t\n\v\f\r")
-    sign = text[:1] if text[:1] in "+-" else ""
-    digits = text[len(sign):]
-    digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
-    size = (int(sign + digits) << 20) % (1 << 64) if digits else 0
-    if size == 0:
-        raise UsageError("Malformed argument to --mem", show_usage=False)
-    return size
+    """--mem=N: N MiB as bytes (ukvm.options.parse_mem); UsageError if malformed."""
+    try:
+        return _parse_mem(value)
+    except BadValue as bad:
+        raise MEM.error(value, bad, "hvt") from None

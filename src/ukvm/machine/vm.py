@@ -25,8 +25,8 @@ from ukvm.machine.memory import PROT_NONE, PROT_READ, GuestMemory
 from ukvm.modules import Module, default_modules
 from ukvm.modules.core import CoreModule
 from ukvm.machine.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
+from ukvm.options import GUEST_CPL_CHOICES     # the options layer owns the spelling
 
-GUEST_CPL_CHOICES = ("auto", "0", "3")
 # kvm_run from exit_reason (@8) through the I/O exit (@32): reason, direction, size, port, count,
 # data_offset, in one unpack.
 EXIT_IO = struct.Struct("<I20xBBHIQ")

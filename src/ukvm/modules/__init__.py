@@ -1,13 +1,15 @@
 """modules: pluggable tender modules (core, block, net), in upstream's order.
 
-A module may accept command-line options (handle_arg), registers its hypercalls and poll fds in
+A module declares its command-line options as rows of the options layer (`options`, see
+ukvm.options; `--block:NAME=PATH`, `--gdb` ...) and applies each value it is given in
+set_option; it registers its hypercalls and poll fds in
 setup(), runs hooks on halt, and releases what it opened in close(). The VM knows modules only
 through this interface, so devices plug in without touching the core.
 
 Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm imports the modules, and the
 tender imports only what a run needs (docs/performance.md).
 
-May import: ukvm.errors, ukvm.hvt_abi, ukvm.kvm, ukvm.machine (memory, manifest, vcpu),
+May import: ukvm.errors, ukvm.hvt_abi, ukvm.options, ukvm.kvm, ukvm.machine (memory, manifest, vcpu),
 ukvm.sandbox (to declare what each module needs). Never a front end.
 """
 from __future__ import annotations
@@ -15,30 +17,47 @@ from __future__ import annotations
 import sys
 
 from ukvm.machine.manifest import Manifest
-
-
-
-def parse_module_option(arg: str) -> tuple[str, str, str] | None:
-    """`--OPT:NAME=VALUE` as (OPT, NAME, VALUE); NAME is 1-67 alphanumerics. None otherwise."""
-    if not arg.startswith("--"):
-        return None
-    opt, colon, rest = arg[2:].partition(":")
-    name, equals, value = rest.partition("=")
-    if not colon or not equals or not 1 <= len(name) <= 67 or not (name.isascii() and name.isalnum()):
-        return None
-    return opt, name, value
+from ukvm.options import BadValue, Option, OptionTable
 
 
 class Module:
     name = "?"
-    usage = ""
+    options: tuple[Option, ...] = ()      # this module's rows of the options table
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
         self.warn = lambda message: print(f"ukvm: {message}", file=sys.stderr, flush=True)
 
+    @classmethod
+    def option_table(cls) -> OptionTable:
+        table = cls.__dict__.get("_table")
+        if table is None:
+            table = OptionTable(cls.options)
+            cls._table = table
+        return table
+
+    @classmethod
+    def usage(cls) -> str:
+        return cls.option_table().usage()
+
     def handle_arg(self, arg: str) -> bool:
-        """Consume a command-line option; False if it is not ours."""
+        """Consume a command-line option; False if it is not ours or its value is declined
+        (solo5-hvt then says `Invalid option`). A malformed value of an option whose row says
+        so raises UsageError."""
+        table = self.option_table()
+        hit = table.match(arg)
+        if hit is None:
+            return False
+        opt, device, value = hit
+        try:
+            parsed = table.convert(opt, value)
+        except BadValue:
+            return False
+        return self.set_option(opt.name, device, parsed)
+
+    def set_option(self, name: str, device: str | None, value) -> bool:
+        """Apply one parsed option of ours (`device`: the NAME of `--opt:NAME=`); False
+        declines it."""
         return False
 
     def setup(self, vm: VM) -> None:

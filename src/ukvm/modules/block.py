@@ -12,7 +12,8 @@ import os
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError
 from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, Entry
-from ukvm.modules import Module, parse_module_option
+from ukvm.modules import Module
+from ukvm.options import DECLINE, Option, integer, text
 
 DEFAULT_BLOCK_SIZE = 512
 MAX_PATH = 4096
@@ -30,8 +31,12 @@ class BlockDevice:
 
 class BlockModule(Module):
     name = "block"
-    usage = ("  --block:NAME=PATH (attach block device/file at PATH as block storage NAME)\n"
-             "  --block-sector-size:NAME=SIZE (set sector size of block device NAME; power of two >= 512)")
+    options = (
+        Option("block", "attach block device/file at PATH as block storage NAME", text(MAX_PATH),
+               metavar="PATH", device=True, on_error=DECLINE),
+        Option("block-sector-size", "set sector size of block device NAME; power of two >= 512",
+               integer(0, 0xFFFF), metavar="SIZE", device=True, on_error=DECLINE),
+    )
 
     def __init__(self, manifest):
         super().__init__(manifest)
@@ -40,21 +45,13 @@ class BlockModule(Module):
         self.by_handle: dict[int, BlockDevice] = {}
 
     # --- options -------------------------------------------------------------------------------
-    def handle_arg(self, arg: str) -> bool:
-        parsed = parse_module_option(arg)
-        if parsed is None or parsed[0] not in ("block", "block-sector-size"):
-            return False
-        opt, name, value = parsed
+    def set_option(self, opt: str, name: str, value) -> bool:
         if opt == "block":
-            if not value or len(value) > MAX_PATH or any(c.isspace() for c in value):
-                return False
             if self._entry(name) is None:
                 return False
             self.attach(name, value)
             return True
-        if not value.isdigit() or int(value) > 0xFFFF:
-            return False
-        size = int(value)
+        size = value
         if size < 512 or size & (size - 1):
             self.warn(BAD_BLOCK_SIZE)
             return False

@@ -14,6 +14,7 @@ import struct
 
 from ukvm.errors import UkvmError, UsageError
 from ukvm.modules import Module
+from ukvm.options import Option, text
 from ukvm.sandbox import CORE_OPEN_FLAGS     # the one open the sandbox allows
 
 ELF_HEADER = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
@@ -34,17 +35,16 @@ PF_RWX = 7
 
 class DumpcoreModule(Module):
     name = "dumpcore"
-    usage = "  --dumpcore=DIR (write a core file to DIR when the guest aborts, traps or fails)"
+    options = (Option("dumpcore", "write a core file to DIR when the guest aborts, traps or fails",
+                      text(4096, spaces=True), metavar="DIR"),)
 
     def __init__(self, manifest):
         super().__init__(manifest)
         self.dir: str | None = None
         self.dirfd = -1
 
-    def handle_arg(self, arg: str) -> bool:
-        if not arg.startswith("--dumpcore="):
-            return False
-        self.dir = arg[len("--dumpcore="):]
+    def set_option(self, _opt: str, _device, value: str) -> bool:
+        self.dir = value
         return True
 
     def setup(self, vm: VM) -> None:

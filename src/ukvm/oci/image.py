@@ -17,6 +17,7 @@ import tarfile
 import time
 
 from ukvm.errors import UkvmError, UsageError
+from ukvm.options import Option, OptionTable, anything, name_and_path, text
 
 ANNOTATION = "com.urunc.unikernel."
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -131,8 +132,15 @@ def build_image(app: str, output: str, tag: str, cmdline: str = "",
     return write_archive(output, files, config, annotations, tag)
 
 
-OCI_USAGE = """usage: ukvm oci build APP.hvt -o IMAGE.tar [--tag NAME[:TAG]] [--cmdline "ARGS"] [--block NAME=FILE]...
-An OCI image archive in urunc's format (for `ctr images import`); see docs/kubernetes.md."""
+BUILD_OPTIONS = OptionTable([
+    Option("output", "the image archive to write", text(4096, spaces=True), metavar="IMAGE.tar", aliases=("-o",)),
+    Option("tag", "the image's name (default: APP's file name without .hvt)", anything, metavar="NAME[:TAG]"),
+    Option("cmdline", "the unikernel's command line", anything, metavar="ARGS", default=""),
+    Option("block", "a disk image for block device NAME", name_and_path, metavar="NAME=FILE", repeat=True),
+], style="gnu")
+OCI_USAGE = ("usage: ukvm oci build APP.hvt -o IMAGE.tar [--tag NAME[:TAG]] [--cmdline \"ARGS\"] [--block NAME=FILE]...\n"
+             "An OCI image archive in urunc's format (for `ctr images import`); see docs/kubernetes.md.\n"
+             + BUILD_OPTIONS.usage())
 
 
 def oci_main(argv: list[str]) -> int:
@@ -141,35 +149,14 @@ def oci_main(argv: list[str]) -> int:
     if not argv or argv[0] != "build" or "--help" in argv or "-h" in argv:
         print(OCI_USAGE, file=err)
         return 0 if argv and argv[0] != "build" and ("--help" in argv or "-h" in argv) else 2
-    app = output = None
-    tag, cmdline, blocks = "", "", []
-    args = iter(argv[1:])
     try:
-        for arg in args:
-            name, eq, value = arg.partition("=")
-            if name in ("-o", "--output", "--tag", "--cmdline", "--block") and not eq:
-                value = next(args, None)
-                if value is None:
-                    raise UsageError(f"{name} needs a value")
-            if name in ("-o", "--output"):
-                output = value
-            elif name == "--tag":
-                tag = value
-            elif name == "--cmdline":
-                cmdline = value
-            elif name == "--block":
-                bname, sep, path = value.partition("=")
-                if not sep or not bname.isalnum() or not path:
-                    raise UsageError(f"--block: expected NAME=FILE, got {value!r}")
-                blocks.append((bname, path))
-            elif arg.startswith("-"):
-                raise UsageError(f"unknown option {arg!r}")
-            elif app is None:
-                app = arg
-            else:
-                raise UsageError(f"unexpected argument {arg!r}")
+        values, positional = BUILD_OPTIONS.parse(argv[1:], positionals="mix")
+        app, output = (positional[0] if positional else None), values["output"]
+        if len(positional) > 1:
+            raise UsageError(f"unexpected argument {positional[1]!r}")
         if app is None or output is None:
             raise UsageError("APP.hvt and -o IMAGE.tar are required")
+        tag, cmdline, blocks = values["tag"], values["cmdline"], values["block"]
         full = build_image(app, output, tag or os.path.splitext(os.path.basename(app))[0], cmdline, blocks)
     except UkvmError as e:
         print(f"ukvm oci: {e}", file=err)

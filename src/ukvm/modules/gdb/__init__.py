@@ -5,14 +5,17 @@ given, so that other runs do not pay for it at start-up.
 """
 from __future__ import annotations
 
-from ukvm.errors import UsageError
 from ukvm.modules import Module
+from ukvm.options import Option, integer
 
 
 class GdbModule(Module):
     name = "gdb"
-    usage = ("  --gdb (wait for a debugger before the guest's first instruction; runs it at CPL0)\n"
-             "  --gdb-port=1234 (TCP port on 127.0.0.1 for --gdb; 0 picks a free one)")
+    options = (
+        Option("gdb", "wait for a debugger before the guest's first instruction; runs it at CPL0"),
+        Option("gdb-port", "TCP port on 127.0.0.1 for --gdb; 0 picks a free one", integer(0, 65535),
+               metavar="PORT", default="1234", explain=False),
+    )
 
     def __init__(self, manifest):
         super().__init__(manifest)
@@ -25,17 +28,12 @@ class GdbModule(Module):
         """kvm_pvm debugs CPL0 code only (gdbstub.py): the VM then starts in hvt's CPL0 state."""
         return self.enabled
 
-    def handle_arg(self, arg: str) -> bool:
-        if arg == "--gdb":
+    def set_option(self, opt: str, _device, value) -> bool:
+        if opt == "gdb":
             self.enabled = True
-            return True
-        if arg.startswith("--gdb-port="):
-            value = arg[len("--gdb-port="):]
-            if not value.isdigit() or int(value) > 65535:
-                raise UsageError("Malformed argument to --gdb-port", show_usage=False)
-            self.port = int(value)
-            return True
-        return False
+        else:
+            self.port = value
+        return True
 
     def setup(self, vm: VM) -> None:
         if self.enabled:

@@ -12,20 +12,21 @@ import os
 from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError, UsageError
 from ukvm.machine.manifest import MFT_DEV_NET_BASIC, Entry
-from ukvm.modules import Module, parse_module_option
+from ukvm.modules import Module
+from ukvm.options import DECLINE, BadValue, Option, choice, text
+from ukvm.options import parse_mac as _parse_mac
 from ukvm.modules.net.backend import NetBackend
 from ukvm.machine.vcpu import host_emulates_cpl0
 
 MAX_IFACE = 19     # longer --net values are cut, as upstream does
-HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_mac(text: str) -> bytes | None:
-    """Six `:`-separated groups of one or two hex digits."""
-    groups = text.split(":")
-    if len(groups) != 6 or not all(1 <= len(g) <= 2 and set(g) <= HEX_DIGITS for g in groups):
+    """Six `:`-separated groups of one or two hex digits; None if it is not that."""
+    try:
+        return _parse_mac(text)
+    except BadValue:
         return None
-    return bytes(int(g, 16) for g in groups)
 
 
 def ring_wanted(mode: str, guest_at_cpl3: bool) -> bool:
@@ -54,10 +55,15 @@ def generated_mac() -> bytes:
 
 class NetModule(Module):
     name = "net"
-    usage = ("  --net:NAME=IFACE | @NN (attach tap at IFACE or at fd NN as network NAME)\n"
-             "  --net-mac:NAME=HWADDR (set HWADDR for network NAME)\n"
-             "  --net-ring=auto|on|off (offer the v0.12 shared ring; auto: on, except for guests whose\n"
-             "    code runs at CPL0 on a host that emulates CPL0 (kvm_pvm))")
+    options = (
+        Option("net", "attach tap at IFACE or at fd NN as network NAME", text(4096), metavar="IFACE|@NN",
+               device=True, on_error=DECLINE),
+        Option("net-mac", "set HWADDR for network NAME", _parse_mac, metavar="HWADDR", device=True,
+               on_error=DECLINE),
+        Option("net-ring", "offer the v0.12 shared ring; auto: on, except for guests whose code runs "
+               "at CPL0 on a host that emulates CPL0 (kvm_pvm)", choice("auto", "on", "off"),
+               metavar="auto|on|off", default="auto", on_error=DECLINE),
+    )
 
     def __init__(self, manifest):
         super().__init__(manifest)
@@ -72,24 +78,16 @@ class NetModule(Module):
         return bool(self.devices)
 
     # --- options -------------------------------------------------------------------------------
-    def handle_arg(self, arg: str) -> bool:
-        if arg.startswith("--net-ring="):
-            value = arg.split("=", 1)[1]
-            if value not in ("auto", "on", "off"):
-                return False
+    def set_option(self, opt: str, name: str | None, value) -> bool:
+        if opt == "net-ring":
             self.ring_mode = value
             return True
-        parsed = parse_module_option(arg)
-        if parsed is None or parsed[0] not in ("net", "net-mac"):
-            return False
-        opt, name, value = parsed
         if opt == "net-mac":
-            mac = parse_mac(value)
-            if mac is None or self._entry(name) is None:
+            if self._entry(name) is None:
                 return False
-            self.macs[name] = mac
+            self.macs[name] = value
             return True
-        if not value or any(c.isspace() for c in value) or self._entry(name) is None:
+        if self._entry(name) is None:
             return False
         iface = value[:MAX_IFACE]
         try:
