@@ -21,6 +21,7 @@ import time
 from ukvm import hvt_abi as hvt
 from ukvm.errors import UkvmError, UsageError
 from ukvm.modules import Module
+from ukvm.options import Option, text
 
 PREVIEW = 64        # PUTS: how many bytes of the text a line shows
 
@@ -110,8 +111,8 @@ class Tracer:
 
 class TraceModule(Module):
     name = "trace"
-    usage = ("  --trace=FILE|- (write every hypercall and non-hypercall exit as JSON lines to FILE;\n"
-             "    - is the tender's standard error)")
+    options = (Option("trace", "write every hypercall and non-hypercall exit as JSON lines to FILE; "
+                      "- is the tender's standard error", text(4096, spaces=True), metavar="FILE|-"),)
 
     def __init__(self, manifest):
         super().__init__(manifest)
@@ -119,12 +120,8 @@ class TraceModule(Module):
         self.fd = -1
         self.tracer: Tracer | None = None
 
-    def handle_arg(self, arg: str) -> bool:
-        if not arg.startswith("--trace="):
-            return False
-        self.path = arg[len("--trace="):]
-        if not self.path:
-            raise UsageError("Malformed argument to --trace (a file, or - for standard error)", show_usage=False)
+    def set_option(self, _opt: str, _device, value: str) -> bool:
+        self.path = value
         return True
 
     def setup(self, vm: VM) -> None:
