@@ -28,6 +28,7 @@ from time import perf_counter as _clock
 
 from ukvm.errors import UkvmError, UsageError
 from ukvm.modules import Module
+from ukvm.options import Option, integer, text
 
 DEFAULT_RATE = 200                # Hz; the bench's figure for its cost is in docs/debugging.md
 MAX_RATE = 10000
@@ -158,8 +159,12 @@ class Sampler:
 
 class ProfileModule(Module):
     name = "profile"
-    usage = ("  --profile=FILE (sample the guest's stack; folded stacks to FILE, a flame graph to FILE.svg)\n"
-             f"  --profile-rate=HZ (samples a second of wall-clock time; default {DEFAULT_RATE})")
+    options = (
+        Option("profile", "sample the guest's stack; folded stacks to FILE, a flame graph to FILE.svg",
+               text(4096, spaces=True), metavar="FILE"),
+        Option("profile-rate", "samples a second of wall-clock time", integer(1, MAX_RATE), metavar="HZ",
+               default=str(DEFAULT_RATE)),
+    )
 
     def __init__(self, manifest):
         super().__init__(manifest)
@@ -169,19 +174,12 @@ class ProfileModule(Module):
         self.sampler: Sampler | None = None
         self.written = False
 
-    def handle_arg(self, arg: str) -> bool:
-        if arg.startswith("--profile="):
-            self.path = arg[len("--profile="):]
-            if not self.path:
-                raise UsageError("Malformed argument to --profile (a file name)", show_usage=False)
-            return True
-        if arg.startswith("--profile-rate="):
-            value = arg[len("--profile-rate="):]
-            if not value.isdigit() or not 1 <= int(value) <= MAX_RATE:
-                raise UsageError(f"Malformed argument to --profile-rate (1 to {MAX_RATE} Hz)", show_usage=False)
-            self.rate = int(value)
-            return True
-        return False
+    def set_option(self, opt: str, _device, value) -> bool:
+        if opt == "profile":
+            self.path = value
+        else:
+            self.rate = value
+        return True
 
     def setup(self, vm: VM) -> None:
         if self.path is None:
