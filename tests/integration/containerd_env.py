@@ -4,7 +4,7 @@ containerd runs under `unshare` in new mount, PID and network namespaces (`--kil
 the unshare process ends containerd and every shim and container with it), with a temporary
 configuration and directories, tmpfs over /run/containerd and /run/netns inside its mount
 namespace, a CNI bridge of its own, and a "ukvm" runtime handler for CRI (the stock runc shim
-with BinaryName = ukvm-oci). Nothing outside the test's directory is left behind.
+with BinaryName = ukvm-oci, the launcher `ukvm oci launcher` writes for this checkout). Nothing outside the test's directory is left behind.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-UKVM_OCI = str(Path(sys.executable).with_name("ukvm-oci"))
 PAUSE_IMAGE = "docker.io/library/ukvm-test-pause:1"
 POD_SUBNET = "10.89.0.0/24"
 
@@ -27,8 +26,6 @@ def missing() -> str | None:
             return f"needs {tool} (scripts/test.sh installs containerd, runc, containernetworking-plugins)"
     if not os.path.exists("/usr/lib/cni/bridge"):
         return "needs the CNI plugins in /usr/lib/cni (containernetworking-plugins)"
-    if not os.access(UKVM_OCI, os.X_OK):
-        return f"needs the ukvm-oci console script next to {sys.executable} (pip install -e .)"
     return None
 
 
@@ -37,6 +34,9 @@ class Containerd:
         self.work = work
         self.made_run_dir = not os.path.exists("/run/containerd")   # ctr makes it; removed if so
         self.sock = str(work / "containerd.sock")
+        # ukvm-oci as a node would install it (`ukvm oci launcher`): this checkout, started lean.
+        self.ukvm_oci = str(work / "ukvm-oci")
+        subprocess.run([sys.executable, "-m", "ukvm", "oci", "launcher", self.ukvm_oci], check=True, timeout=60)
         (work / "cni").mkdir(parents=True, exist_ok=True)
         (work / "cni" / "10-ukvm-test.conflist").write_text(json.dumps({
             "cniVersion": "0.4.0", "name": "ukvm-test",
@@ -63,7 +63,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ukvm]
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ukvm.options]
-      BinaryName = "{UKVM_OCI}"
+      BinaryName = "{self.ukvm_oci}"
 """)
         script = ("mount -t tmpfs tmpfs /run/containerd 2>/dev/null || "
                   "{ mkdir -p /run/containerd && mount -t tmpfs tmpfs /run/containerd; }; "

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from conftest import ROOT, needs_kvm
-from containerd_env import PAUSE_IMAGE, POD_SUBNET, UKVM_OCI, Containerd, missing
+from ukvm.oci.unikernel import TENDER_MIB
+from containerd_env import PAUSE_IMAGE, POD_SUBNET, Containerd, missing
 
 pytestmark = [needs_kvm, pytest.mark.skipif(os.geteuid() != 0, reason="containerd and namespaces need root"),
               pytest.mark.skipif(missing() is not None, reason=missing() or "")]
@@ -83,27 +84,27 @@ def containerd(tmp_path_factory, images):
 
 
 def test_ctr_run_shows_output_and_status(containerd, images):
-    p = containerd.ctr("run", "--rm", "--runc-binary", UKVM_OCI, images["hello"], "hello1", check=False)
+    p = containerd.ctr("run", "--rm", "--runc-binary", containerd.ukvm_oci, images["hello"], "hello1", check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Hello, World" in p.stdout and "Command line is: 'from an image'" in p.stdout
     assert containerd.ctr("containers", "ls", "-q").stdout.strip() == ""      # --rm removed it
 
 
 def test_block_device_from_the_image(containerd, images):
-    p = containerd.ctr("run", "--rm", "--runc-binary", UKVM_OCI, images["blk"], "blk1", check=False)
+    p = containerd.ctr("run", "--rm", "--runc-binary", containerd.ukvm_oci, images["blk"], "blk1", check=False)
     assert p.returncode == 0 and "SUCCESS" in p.stdout, p.stdout + p.stderr
 
 
 def test_memory_limit_reaches_mem(containerd, images):
-    p = containerd.ctr("run", "--rm", "--memory-limit", str(64 << 20), "--runc-binary", UKVM_OCI, images["hello"],
+    p = containerd.ctr("run", "--rm", "--memory-limit", str(128 << 20), "--runc-binary", containerd.ukvm_oci, images["hello"],
                        "mem1", check=False)
-    assert p.returncode == 0 and "64 MB addressable" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and f"{128 - TENDER_MIB} MB addressable" in p.stdout, p.stdout + p.stderr
 
 
 def test_detached_kill_ps_delete(containerd, images):
     """A detached unikernel is one process (the tender); `kill --all` sends SIGTERM to it, which
     ends the guest with the tender's own status (1, as solo5-hvt), and ctr sees that status."""
-    containerd.ctr("run", "-d", "--runc-binary", UKVM_OCI, images["sleep"], "sleep1")
+    containerd.ctr("run", "-d", "--runc-binary", containerd.ukvm_oci, images["sleep"], "sleep1")
     try:
         tasks = containerd.ctr("task", "ls").stdout.split()
         assert tasks[tasks.index("sleep1") + 2] == "RUNNING", tasks
@@ -123,7 +124,7 @@ def test_detached_kill_ps_delete(containerd, images):
 
 
 def test_broken_image_is_a_clear_error(containerd, images):
-    p = containerd.ctr("run", "--rm", "--runc-binary", UKVM_OCI, images["broken"], "broken1", check=False)
+    p = containerd.ctr("run", "--rm", "--runc-binary", containerd.ukvm_oci, images["broken"], "broken1", check=False)
     assert p.returncode != 0
     assert "app.hvt: invalid executable" in p.stderr, p.stderr            # the loader's own words
     containerd.ctr("containers", "delete", "broken1", check=False)

@@ -10,7 +10,17 @@ import tarfile
 import pytest
 
 from ukvm.oci.image import ANNOTATION, image_name, urunc_json, write_archive
-from ukvm.oci.runtime import OciError, inside, memory_mib, parse_signal, unikernel_config
+from ukvm.oci.runtime import OciError, parse_signal
+from ukvm.oci.safeopen import open_root
+from ukvm.oci.unikernel import TENDER_MIB, guest_mem_mib, unikernel_config
+
+
+def config(spec, rootfs):
+    fd = open_root(str(rootfs))
+    try:
+        return unikernel_config(spec, fd)
+    finally:
+        os.close(fd)
 
 KEYS = {ANNOTATION + "binary": "/unikernel/app.hvt", ANNOTATION + "hypervisor": "hvt",
         ANNOTATION + "unikernelType": "solo5"}
@@ -24,34 +34,58 @@ def rootfs(tmp_path):
 
 
 def test_a_unikernel_by_annotations_or_urunc_json(rootfs):
-    assert unikernel_config({"annotations": KEYS}, str(rootfs))[ANNOTATION + "binary"] == "/unikernel/app.hvt"
-    assert unikernel_config({}, str(rootfs)) is None                      # no keys at all: runc's
+    assert config({"annotations": KEYS}, rootfs)[ANNOTATION + "binary"] == "/unikernel/app.hvt"
+    assert config({}, rootfs) is None                      # no keys at all: runc's
     (rootfs / "urunc.json").write_bytes(urunc_json({**KEYS, ANNOTATION + "cmdline": "a b"}))
-    keys = unikernel_config({}, str(rootfs))
+    keys = config({}, rootfs)
     assert keys[ANNOTATION + "cmdline"] == "a b" and keys[ANNOTATION + "hypervisor"] == "hvt"
 
 
 def test_what_goes_to_runc(rootfs):
     sandbox = {"annotations": {**KEYS, "io.kubernetes.cri.container-type": "sandbox"}}
-    assert unikernel_config(sandbox, str(rootfs)) is None                 # the pod's pause container
-    assert unikernel_config({"annotations": {**KEYS, ANNOTATION + "hypervisor": "qemu"}}, str(rootfs)) is None
+    assert config(sandbox, rootfs) is None                 # the pod's pause container
+    assert config({"annotations": {**KEYS, ANNOTATION + "hypervisor": "qemu"}}, rootfs) is None
     os.unlink(rootfs / "unikernel" / "app.hvt")
-    assert unikernel_config({"annotations": KEYS}, str(rootfs)) is None   # annotations, but no binary
+    assert config({"annotations": KEYS}, rootfs) is None   # annotations, but no binary
 
 
-def test_paths_stay_inside_the_rootfs(rootfs, tmp_path_factory):
+def test_hostile_files_are_refused(rootfs, tmp_path_factory):
+    """/urunc.json or the binary as anything but a regular file inside the rootfs: refused."""
     outside = tmp_path_factory.mktemp("outside")
-    (rootfs / "escape").symlink_to(outside)
-    assert inside(str(rootfs), "/unikernel/app.hvt") == str(rootfs / "unikernel" / "app.hvt")
-    for path in ("/../../etc/passwd", "/escape/x", "../x"):
-        with pytest.raises(OciError, match="leaves the container's rootfs"):
-            inside(str(rootfs), path)
+    (outside / "urunc.json").write_bytes(urunc_json({**KEYS, ANNOTATION + "cmdline": "host file"}))
+    (rootfs / "urunc.json").symlink_to("/dev/zero")                  # resolved in the image: no /dev there
+    with pytest.raises(OciError, match="urunc.json: a symlink to nothing in the image"):
+        config({}, rootfs)
+    (rootfs / "dev").mkdir()
+    os.mknod(rootfs / "dev" / "zero", 0o666 | 0o020000, os.makedev(1, 5))   # a device node from a layer
+    with pytest.raises(OciError, match="urunc.json: a character device, not a regular file"):
+        config({}, rootfs)
+    os.unlink(rootfs / "urunc.json")
+    (rootfs / "urunc.json").symlink_to(outside / "urunc.json")    # a host path: looked up in the image
+    with pytest.raises(OciError, match="urunc.json: a symlink to nothing in the image"):
+        config({}, rootfs)
+    os.unlink(rootfs / "urunc.json")
+    os.mkfifo(rootfs / "urunc.json")
+    with pytest.raises(OciError, match="urunc.json: a FIFO"):
+        config({}, rootfs)
+    os.unlink(rootfs / "urunc.json")
+    with open(rootfs / "urunc.json", "wb") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(OciError, match="urunc.json: 1073741824 bytes, more than"):
+        config({}, rootfs)
+    os.unlink(rootfs / "urunc.json")
+    os.unlink(rootfs / "unikernel" / "app.hvt")
+    os.mkdir(rootfs / "unikernel" / "app.hvt")
+    with pytest.raises(OciError, match="app.hvt: a directory"):
+        config({"annotations": KEYS}, rootfs)
 
 
-def test_memory_limit_becomes_guest_memory():
-    assert memory_mib({"linux": {"resources": {"memory": {"limit": 64 << 20}}}}) == 64
-    assert memory_mib({"linux": {"resources": {"memory": {"limit": 1000}}}}) == 2
-    assert memory_mib({}) == 512
+def test_guest_memory_leaves_room_for_the_tender():
+    assert guest_mem_mib({"linux": {"resources": {"memory": {"limit": 128 << 20}}}}) == 128 - TENDER_MIB
+    assert guest_mem_mib({"linux": {"resources": {"memory": {"limit": 64 << 40}}}}) == 4096     # hvt's largest
+    assert guest_mem_mib({}) == 512
+    with pytest.raises(OciError, match="the tender needs"):
+        guest_mem_mib({"linux": {"resources": {"memory": {"limit": 16 << 20}}}})
 
 
 def test_signals_by_name_or_number():

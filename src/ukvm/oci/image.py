@@ -139,13 +139,23 @@ BUILD_OPTIONS = OptionTable([
     Option("block", "a disk image for block device NAME", name_and_path, metavar="NAME=FILE", repeat=True),
 ], style="gnu")
 OCI_USAGE = ("usage: ukvm oci build APP.hvt -o IMAGE.tar [--tag NAME[:TAG]] [--cmdline \"ARGS\"] [--block NAME=FILE]...\n"
-             "An OCI image archive in urunc's format (for `ctr images import`); see docs/kubernetes.md.\n"
+             "       ukvm oci launcher PATH\n"
+             "build: an OCI image archive in urunc's format (for `ctr images import`); launcher: the lean\n"
+             "ukvm-oci executable for containerd's BinaryName; see docs/kubernetes.md.\n"
              + BUILD_OPTIONS.usage())
 
 
 def oci_main(argv: list[str]) -> int:
     import sys
     err = sys.stderr
+    if argv[:1] == ["launcher"] and len(argv) == 2 and not argv[1].startswith("-"):
+        from ukvm.oci.launcher import write_launcher
+        try:
+            write_launcher(argv[1])
+        except OSError as e:
+            print(f"ukvm oci: {argv[1]}: {e.strerror}", file=err)
+            return 1
+        return 0
     if not argv or argv[0] != "build" or "--help" in argv or "-h" in argv:
         print(OCI_USAGE, file=err)
         return 0 if argv and argv[0] != "build" and ("--help" in argv or "-h" in argv) else 2
