@@ -35,6 +35,7 @@ class Containerd:
         self.made_run_dir = not os.path.exists("/run/containerd")   # ctr makes it; removed if so
         self.sock = str(work / "containerd.sock")
         # ukvm-oci as a node would install it (`ukvm oci launcher`): this checkout, started lean.
+        work.mkdir(parents=True, exist_ok=True)
         self.ukvm_oci = str(work / "ukvm-oci")
         subprocess.run([sys.executable, "-m", "ukvm", "oci", "launcher", self.ukvm_oci], check=True, timeout=60)
         (work / "cni").mkdir(parents=True, exist_ok=True)

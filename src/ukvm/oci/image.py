@@ -9,6 +9,7 @@ the image runs under urunc and under ukvm-oci alike (docs/kubernetes.md).
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
@@ -34,10 +35,21 @@ def urunc_json(annotations: dict[str, str]) -> bytes:
                       indent=1, sort_keys=True).encode()
 
 
+CHUNK = 1 << 20
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), mode, 0
     tar.addfile(info, io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, name: str, path: str, mode: int) -> None:
+    """A file from disk, streamed (a block image may be larger than memory)."""
+    with open(path, "rb") as f:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = os.fstat(f.fileno()).st_size, mode, 0
+        tar.addfile(info, f)
 
 
 def _dir(tar: tarfile.TarFile, name: str) -> None:
@@ -50,6 +62,19 @@ def _blob(out: tarfile.TarFile, data: bytes) -> tuple[str, int]:
     digest = hashlib.sha256(data).hexdigest()
     _add(out, f"blobs/sha256/{digest}", data)
     return f"sha256:{digest}", len(data)
+
+
+def _file_blob(out: tarfile.TarFile, path: str) -> tuple[str, int]:
+    """A blob from a file on disk, hashed and copied a chunk at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+        f.seek(0)
+        info = tarfile.TarInfo(f"blobs/sha256/{digest.hexdigest()}")
+        info.size, info.mode, info.mtime = os.fstat(f.fileno()).st_size, 0o644, 0
+        out.addfile(info, f)
+    return f"sha256:{digest.hexdigest()}", info.size
 
 
 def image_name(tag: str) -> str:
@@ -65,26 +90,43 @@ def image_name(tag: str) -> str:
     return f"{name}:{version}"
 
 
-def write_archive(output: str, files: list[tuple[str, bytes, int]], config: dict,
-                  annotations: dict[str, str], tag: str) -> str:
-    """An OCI image layout archive with one layer of `files` (path, bytes, mode); `config` is
-    the image config's `config` part. Returns the image's full name."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        made = set()
-        for path, data, mode in files:
-            parts = path.strip("/").split("/")
-            for i in range(1, len(parts)):
-                d = "/".join(parts[:i])
-                if d not in made:
-                    _dir(tar, d)
-                    made.add(d)
-            _add(tar, "/".join(parts), data, mode)
-    layer_bytes = layer.getvalue()
+def write_archive(output: str, files: list[tuple], config: dict, annotations: dict[str, str], tag: str) -> str:
+    """An OCI image layout archive with one layer of `files`: (path, bytes or a file on disk to
+    stream, mode), or a ready tarfile.TarInfo for anything else (links, devices, FIFOs: tests
+    build hostile images with them); `config` is the image config's `config` part. The layer
+    goes through a temporary file beside `output`, so memory use does not grow with the images.
+    Returns the image's full name."""
+    import tempfile
+    layer_fd, layer_path = tempfile.mkstemp(prefix=".layer-", dir=os.path.dirname(os.path.abspath(output)))
+    try:
+        with os.fdopen(layer_fd, "wb") as layer, \
+                tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            made = set()
+            for entry in files:
+                path = entry.name if isinstance(entry, tarfile.TarInfo) else entry[0]
+                parts = path.strip("/").split("/")
+                for i in range(1, len(parts)):
+                    d = "/".join(parts[:i])
+                    if d not in made:
+                        _dir(tar, d)
+                        made.add(d)
+                if isinstance(entry, tarfile.TarInfo):
+                    entry.name = "/".join(parts)
+                    tar.addfile(entry)
+                elif isinstance(entry[1], (bytes, bytearray)):
+                    _add(tar, "/".join(parts), entry[1], entry[2])
+                else:
+                    _add_file(tar, "/".join(parts), os.fspath(entry[1]), entry[2])
+        return _write_layout(output, layer_path, config, annotations, tag)
+    finally:
+        os.unlink(layer_path)
+
+
+def _write_layout(output: str, layer_path: str, config: dict, annotations: dict[str, str], tag: str) -> str:
     full = image_name(tag)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tarfile.open(output, "w", format=tarfile.PAX_FORMAT) as out:
-        layer_digest, layer_size = _blob(out, layer_bytes)
+        layer_digest, layer_size = _file_blob(out, layer_path)
         image_config = {"created": created, "architecture": "amd64", "os": "linux", "config": config,
                         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
                         "history": [{"created": created, "created_by": "ukvm oci build"}]}
@@ -113,16 +155,15 @@ def build_image(app: str, output: str, tag: str, cmdline: str = "",
     app_path = "/unikernel/" + os.path.basename(app)
     annotations = {ANNOTATION + "binary": app_path, ANNOTATION + "cmdline": cmdline,
                    ANNOTATION + "unikernelType": "solo5", ANNOTATION + "hypervisor": "hvt"}
-    with open(app, "rb") as f:
-        files = [(app_path, f.read(), 0o755)]
+    files: list[tuple] = [(app_path, app, 0o755)]
     if blocks:
         placed = []
-        for name, path in blocks:
-            try:
-                with open(path, "rb") as f:
-                    files.append((f"/unikernel/block/{name}", f.read(), 0o644))
-            except OSError as e:
-                raise UsageError(f"--block {name}={path}: {os.strerror(e.errno)}", show_usage=False) from None
+        for name, path in blocks:          # streamed into the layer when the archive is written
+            if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                err = os.strerror(errno.ENOENT) if not os.path.exists(path) else \
+                    ("not a regular file" if not os.path.isfile(path) else os.strerror(errno.EACCES))
+                raise UsageError(f"--block {name}={path}: {err}", show_usage=False)
+            files.append((f"/unikernel/block/{name}", path, 0o644))
             placed.append(f"{name}=/unikernel/block/{name}")
         annotations[ANNOTATION + "block"] = f"/unikernel/block/{blocks[0][0]}"
         annotations[UKVM_BLOCKS] = ",".join(placed)
