@@ -26,7 +26,7 @@ CORE_OPTIONS = OptionTable([
     Option("x-no-sandbox", "debugging: do not confine the tender with seccomp"),
     Option("stats", "print each hypercall's count and handler time at exit"),
     Option("snapshot-at", "with --snapshot=FILE: run until the guest first waits with no input pending, "
-           "write its snapshot to FILE and exit 0; not confined by seccomp", choice("ready"),
+           "write its snapshot to FILE and exit 0", choice("ready"),
            metavar="ready", usage_on_error=True),
     Option("snapshot", "where --snapshot-at writes the snapshot", text(4096, spaces=True), metavar="FILE"),
     Option("restore", "go on from a snapshot instead of KERNEL; attach the same devices",
@@ -137,20 +137,29 @@ def _signal_exit(signum, _frame):
     raise SignalExit(signum)
 
 
-def _run_to_snapshot(vm: VM, path: str, prog: str) -> int:
+def _run_to_snapshot(vm: VM, path: str, prog: str, sandboxed: bool) -> int:
     """--snapshot-at=ready: run until the first POLL with nothing pending, then write the
-    snapshot. Unconfined: it creates a memfd and the file (docs/serve.md)."""
-    vm.core.on_idle = vm.request_stop
-    status = vm.run()
-    if status is not None:
-        print(f"{prog}: the guest exited (status {status}) before it was ready; no snapshot written",
-              file=sys.stderr, flush=True)
-        return status
-    snap = vm.snapshot()
+    snapshot. The file is made (O_EXCL, in the target's directory) before the guest runs; the
+    tender is confined like any run, plus what capture and saving need (docs/security.md)."""
+    from ukvm.machine.snapshot import SnapshotWriter
+    from ukvm.sandbox import confine_snapshot_run
+    writer = SnapshotWriter(path)
     try:
-        snap.save(path)
+        if sandboxed:
+            confine_snapshot_run(vm, writer)
+        vm.core.on_idle = vm.request_stop
+        status = vm.run()
+        if status is not None:
+            print(f"{prog}: the guest exited (status {status}) before it was ready; no snapshot written",
+                  file=sys.stderr, flush=True)
+            return status
+        snap = vm.snapshot()
+        try:
+            writer.write(snap)
+        finally:
+            snap.close()
     finally:
-        snap.close()
+        writer.close()
     print(f"{prog}: snapshot written to {path}", file=sys.stderr, flush=True)
     return 0
 
@@ -158,7 +167,7 @@ def _run_to_snapshot(vm: VM, path: str, prog: str) -> int:
 def _run(vm: VM, values: dict, prog: str) -> int:
     """Run a built VM as the options say; the VM is closed by the caller."""
     if values["snapshot"] is not None:
-        return _run_to_snapshot(vm, values["snapshot"], prog)
+        return _run_to_snapshot(vm, values["snapshot"], prog, not values["x-no-sandbox"])
     if not values["x-no-sandbox"]:
         _test_hook_open_after_sandbox(vm)
         sandbox_vm(vm)

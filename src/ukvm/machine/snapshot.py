@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -127,26 +128,17 @@ class Snapshot:
     # --- files ---------------------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write to `path` (created 0600, replaced if present): header, metadata, sparse memory."""
+        writer = SnapshotWriter(path)
+        try:
+            writer.write(self)
+        finally:
+            writer.close()
+
+    def encode_head(self) -> tuple[bytes, int]:
+        """The header and metadata, and where the memory image starts."""
         meta = json.dumps(self._meta(), separators=(",", ":")).encode()
         mem_offset = (HEADER.size + len(meta) + PAGE - 1) // PAGE * PAGE
-        header = HEADER.pack(MAGIC, VERSION, len(meta), zlib.crc32(meta), 0, mem_offset, self.size)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise SnapshotError(f"{path}: cannot write snapshot: {os.strerror(e.errno)}") from None
-        try:
-            os.write(fd, header + meta)
-            os.ftruncate(fd, mem_offset + self.size)
-            for start, end in data_ranges(self.mem_fd, self.mem_offset, self.size):
-                copy_range(self.mem_fd, self.mem_offset + start, fd, mem_offset + start, end - start)
-            os.fsync(fd)
-        except OSError as e:
-            os.close(fd)
-            os.unlink(tmp)
-            raise SnapshotError(f"{path}: cannot write snapshot: {os.strerror(e.errno)}") from None
-        os.close(fd)
-        os.replace(tmp, path)
+        return HEADER.pack(MAGIC, VERSION, len(meta), zlib.crc32(meta), 0, mem_offset, self.size) + meta, mem_offset
 
     def _meta(self) -> dict:
         return {"size": self.size, "limit": self.limit,
@@ -258,6 +250,110 @@ def _blob(d: dict, key: str, struct_type: type | None = None) -> bytes:
 
 def _is_u64(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+
+
+class SnapshotWriter:
+    """A snapshot file made safely where others may write too (a shared directory, as root):
+    the data goes to a new file made with O_EXCL under a random name in the target's directory
+    (never an existing file, never through a symlink), is synced, and is renamed over the target
+    (rename replaces a symlink standing there, it does not follow it). The directory and the file
+    are opened by the constructor, so a confined tender can write it later (writer_needs)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        directory, self.name = os.path.split(os.path.abspath(path))
+        if not self.name:
+            raise SnapshotError(f"{path}: cannot write snapshot: not a file name")
+        self.fd = -1
+        self.tmp = None
+        try:
+            self.dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SnapshotError(f"{path}: cannot write snapshot: {os.strerror(e.errno)}") from None
+        for _ in range(100):        # a name taken is tried again with another
+            tmp = f".{self.name}.{secrets.token_hex(8)}.tmp"
+            try:
+                self.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                  dir_fd=self.dirfd)
+                self.tmp = tmp
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                self.close()
+                raise SnapshotError(f"{path}: cannot write snapshot: {os.strerror(e.errno)}") from None
+        else:
+            self.close()
+            raise SnapshotError(f"{path}: cannot write snapshot: no free temporary name")
+
+    def write(self, snap: Snapshot) -> None:
+        """Header, metadata, sparse memory, fsync, rename into place."""
+        head, mem_offset = snap.encode_head()
+        try:
+            os.pwrite(self.fd, head, 0)
+            os.ftruncate(self.fd, mem_offset + snap.size)
+            for start, end in data_ranges(snap.mem_fd, snap.mem_offset, snap.size):
+                copy_range(snap.mem_fd, snap.mem_offset + start, self.fd, mem_offset + start, end - start)
+            os.fsync(self.fd)
+            os.rename(self.tmp, self.name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+        except OSError as e:
+            raise SnapshotError(f"{self.path}: cannot write snapshot: {os.strerror(e.errno)}") from None
+        self.tmp = None
+        try:
+            os.fsync(self.dirfd)      # the rename itself is durable
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Release the descriptors; a temporary file not renamed into place is removed."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp, dir_fd=self.dirfd)
+            except OSError:
+                pass
+            self.tmp = None
+        if getattr(self, "dirfd", -1) >= 0:
+            os.close(self.dirfd)
+            self.dirfd = -1
+
+    def sandbox_needs(self) -> Needs:
+        """What write() and close() do once confined: the file, and renaming or removing in its
+        directory (the snapshot memfd's reads are capture_needs')."""
+        from ukvm.sandbox.needs import Needs, arg_in
+        return (Needs().on_fds(("pwrite64", "ftruncate", "fsync"), {self.fd, self.dirfd})
+                .when("renameat", arg_in(0, {self.dirfd}), arg_in(2, {self.dirfd}))
+                .when("renameat2", arg_in(0, {self.dirfd}), arg_in(2, {self.dirfd}))
+                .when("unlinkat", arg_in(0, {self.dirfd})))          # close() after a failed run
+
+
+# --- what the clone machinery asks of the sandbox (ukvm.sandbox.needs) ----------------------------
+VCPU_RESTORE_IOCTLS = (abi.KVM_SET_SREGS, abi.KVM_SET_XCRS, abi.KVM_SET_XSAVE, abi.KVM_SET_FPU,
+                       abi.KVM_SET_REGS, abi.KVM_SET_MSRS)
+VCPU_CAPTURE_IOCTLS = (abi.KVM_GET_XSAVE, abi.KVM_GET_FPU, abi.KVM_GET_XCRS, abi.KVM_GET_MSRS,
+                       abi.KVM_GET_REGS, abi.KVM_GET_SREGS)
+
+
+def clone_needs(vm) -> Needs:
+    """What VM.reset does: the dirty log, the snapshot's bytes (pread), every register set."""
+    from ukvm.sandbox.needs import Needs
+    snap = vm.snapshot_state
+    return (Needs().ioctl({vm.vmfd.fd}, abi.KVM_GET_DIRTY_LOG).ioctl({vm.vcpu.fd}, *VCPU_RESTORE_IOCTLS)
+            .on_fds("pread64", {snap.mem_fd}))
+
+
+def capture_needs(vm) -> Needs:
+    """What VM.snapshot does: read the registers, copy resident memory (mincore) into a memfd made
+    then, with MFD_CLOEXEC; the memfd's calls are allowed on descriptors not open now only."""
+    from ukvm.sandbox.needs import Needs, arg_in, arg_not_in, open_fds
+    later = arg_not_in(0, open_fds())
+    needs = (Needs().ioctl({vm.kvm.fd}, abi.KVM_CHECK_EXTENSION).ioctl({vm.vcpu.fd}, *VCPU_CAPTURE_IOCTLS)
+             .allow("mincore").when("memfd_create", arg_in(1, {os.MFD_CLOEXEC})))
+    for name in ("ftruncate", "pwrite64", "pread64", "lseek"):
+        needs.when(name, later)
+    return needs
 
 
 # --- memory --------------------------------------------------------------------------------------

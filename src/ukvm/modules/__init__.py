@@ -10,7 +10,7 @@ Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm
 tender imports only what a run needs (docs/performance.md).
 
 May import: ukvm.errors, ukvm.hvt_abi, ukvm.options, ukvm.kvm, ukvm.machine (memory, manifest, vcpu),
-ukvm.sandbox (to declare what each module needs). Never a front end.
+ukvm.sandbox.needs (the words to declare what each module needs). Never a front end.
 """
 from __future__ import annotations
 
@@ -88,9 +88,21 @@ class Module:
         """After a reset: forget what the last run left (queued frames), restart helpers."""
 
     def host_fds(self) -> list[tuple[int, str]]:
-        """The descriptors the module uses while the guest runs: (fd, "read"|"write"|"rw"|"block");
-        the sandbox lets reads and writes reach these and nothing else."""
+        """Shorthand for modules that only read or write their own descriptors once confined:
+        (fd, "read"|"write"|"rw"|"block"); the default sandbox_needs allows just that."""
         return []
+
+    def sandbox_needs(self, vm: VM) -> Needs:
+        """The system calls this module makes once the tender is confined (ukvm.sandbox.needs),
+        on the descriptors it holds then; the sandbox allows the union of every part's needs and
+        nothing else. Called after setup (or restore), just before the filter is installed."""
+        from ukvm.sandbox.needs import Needs
+        needs = Needs()
+        calls = {"read": ("read", "readv"), "write": ("write",), "rw": ("read", "readv", "write"),
+                 "block": ("preadv2", "pwritev2", "fsync")}
+        for fd, kind in self.host_fds():
+            needs.on_fds(calls[kind], {fd})
+        return needs
 
     def close(self) -> None:
         """Release host resources (fds, threads)."""

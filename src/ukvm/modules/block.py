@@ -163,8 +163,9 @@ class BlockModule(Module):
         mem.pack(_ret, gpa + hvt.HVT_BLOCK_RET_OFFSET, hvt.SOLO5_R_OK)
 
     # --- teardown ------------------------------------------------------------------------------
-    def host_fds(self) -> list[tuple[int, str]]:
-        return [(dev.fd, "block") for dev in self.devices.values()]
+    def sandbox_needs(self, vm: VM) -> Needs:
+        from ukvm.sandbox.needs import Needs
+        return Needs().on_fds(("preadv2", "pwritev2", "fsync"), {dev.fd for dev in self.devices.values()})
 
     def close(self) -> None:
         """Flush every device to stable storage, then close; the first failure is reported."""

@@ -94,11 +94,17 @@ class CoreModule(Module):
             except BlockingIOError:
                 pass
 
-    def host_fds(self) -> list[tuple[int, str]]:
-        fds = [(self.stdout_fd, "write")]
+    def sandbox_needs(self, vm: VM) -> Needs:
+        """The run loop (KVM_RUN; the registers for error reports), PUTS, POLL and its wake-up."""
+        from ukvm.kvm import abi
+        from ukvm.sandbox.needs import Needs
+        needs = Needs().on_fds("write", {self.stdout_fd}).ioctl({vm.vcpu.fd}, abi.KVM_RUN, abi.KVM_GET_REGS)
+        needs.allow("clock_nanosleep")            # POLL without NICs: a plain sleep
+        if self._epoll is not None:
+            needs.on_fds("epoll_wait", {self._epoll.fileno()})
         if self.wake_fd >= 0:
-            fds.append((self.wake_fd, "rw"))
-        return fds
+            needs.on_fds(("read", "write"), {self.wake_fd})
+        return needs
 
     def close(self) -> None:
         if self._epoll is not None:

@@ -5,7 +5,7 @@ The file is `DIR/core.solo5-hvt.PID` (the name tools written for solo5-hvt look 
 header, a PT_NOTE with one NT_PRSTATUS (the vCPU's registers, or the trap frame the guest passed
 with its abort), and one PT_LOAD holding guest memory [0, M), written sparsely (all-zero stretches
 stay holes). DIR is opened at set-up, before the sandbox; the sandbox then allows exactly one
-kind of open: creating a new file in that directory (sandbox.py).
+kind of open: creating a new file in that directory (sandbox_needs).
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ import struct
 from ukvm.errors import UkvmError, UsageError
 from ukvm.modules import Module
 from ukvm.options import Option, text
-from ukvm.sandbox import CORE_OPEN_FLAGS     # the one open the sandbox allows
+
+# The one open the sandbox allows once the guest runs (sandbox_needs): a new file, never an
+# existing one.
+CORE_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 ELF_HEADER = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
@@ -58,8 +61,17 @@ class DumpcoreModule(Module):
             raise UsageError(f"dumpcore: dir not writable: {self.dir}", show_usage=False)
         self.core_name = f"core.solo5-hvt.{os.getpid()}"
 
-    def host_fds(self) -> list[tuple[int, str]]:
-        return [(self.dirfd, "dumpdir")] if self.dirfd >= 0 else []
+    def sandbox_needs(self, vm: VM) -> Needs:
+        """One kind of open: a new file in DIR with exactly CORE_OPEN_FLAGS; pwrite64 only to
+        descriptors made after the filter (only that open can make one); the special registers."""
+        from ukvm.kvm import abi
+        from ukvm.sandbox.needs import Needs, arg_in, arg_not_in, open_fds
+        needs = Needs()
+        if self.dirfd >= 0:
+            needs.when("openat", arg_in(0, {self.dirfd}), arg_in(2, {CORE_OPEN_FLAGS}))
+            needs.when("pwrite64", arg_not_in(0, open_fds()))
+            needs.ioctl({vm.vcpu.fd}, abi.KVM_GET_SREGS)
+        return needs
 
     def on_halt(self, vm: VM) -> None:
         if self.dirfd >= 0 and vm.halt_status & 0xFF == 255:     # aborts and fatal traps

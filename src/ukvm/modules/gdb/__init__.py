@@ -41,8 +41,9 @@ class GdbModule(Module):
             self.stub = GdbStub(vm, self.warn)
             self.stub.connect(self.port)
 
-    def host_fds(self) -> list[tuple[int, str]]:
-        return self.stub.host_fds() if self.stub else []
+    def sandbox_needs(self, vm: VM) -> Needs:
+        from ukvm.sandbox.needs import Needs
+        return self.stub.sandbox_needs(vm) if self.stub else Needs()
 
     def before_run(self, vm: VM) -> None:
         if self.stub:

@@ -209,8 +209,15 @@ class GdbStub:
         self._watcher = threading.Thread(target=self._watch_for_ctrl_c, name="ukvm-gdb", daemon=True)
         self._watcher.start()
 
-    def host_fds(self) -> list[tuple[int, str]]:
-        return [(self.sock.fileno(), "socket")] if self.sock is not None else []
+    def sandbox_needs(self, vm) -> Needs:
+        """The debugger's socket, and the vCPU state a debugger reads and changes."""
+        from ukvm.sandbox.needs import Needs
+        needs = Needs()
+        if self.sock is not None:
+            needs.on_fds(("sendto", "recvfrom"), {self.sock.fileno()})
+            needs.allow("pselect6")           # the Ctrl-C watcher's bounded wait on the socket
+            needs.ioctl({vm.vcpu.fd}, abi.KVM_GET_SREGS, abi.KVM_SET_REGS, abi.KVM_GET_FPU, abi.KVM_SET_GUEST_DEBUG)
+        return needs
 
     # --- the protocol --------------------------------------------------------------------------
     def _send(self, payload: bytes) -> None:

@@ -230,11 +230,15 @@ class NetModule(Module):
         if self.ring is not None:
             self.ring.stop()
 
-    def host_fds(self) -> list[tuple[int, str]]:
-        fds = [(dev.fd, "rw") for dev in self.devices.values()]
+    def sandbox_needs(self, vm: VM) -> Needs:
+        """Frames in and out (hypercalls, reset's drain, or the ring thread and its eventfd)."""
+        from ukvm.sandbox.needs import Needs
+        fds = {dev.fd for dev in self.devices.values()}
+        needs = Needs()
         if self.ring is not None:
-            fds.append((self.ring.efd, "rw"))
-        return fds
+            fds.add(self.ring.efd)
+            needs.allow("pselect6")                 # the ring thread's bounded wait on its eventfd
+        return needs.on_fds(("read", "readv", "write"), fds)
 
     def close(self) -> None:
         if self.ring is not None:

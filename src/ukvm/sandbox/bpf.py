@@ -1,0 +1,178 @@
+"""sandbox/bpf.py: compile a Needs into a classic-BPF seccomp program, and install it.
+
+Layout of the program: check the architecture; dispatch on the call number (ioctl first: KVM_RUN
+is the call made once per exit), where a call allowed whatever its arguments returns at once and
+one with conditions jumps to its block; anything else is killed. A block tries each alternative
+in turn (all its conditions must hold) and kills when none does. Conditional jumps only ever skip
+one instruction or land inside their own test; far jumps are JA, whose offset is 32 bits, so the
+program is valid whatever its size (up to the kernel's 4096 instructions).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+from ukvm.errors import UkvmError
+from ukvm.sandbox.needs import NR, Needs
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+PR_SET_NO_NEW_PRIVS = 38
+READ_IMPLIES_EXEC = 0x0400000
+NR_SECCOMP = 317
+MAX_INSNS = 4096
+
+# Classic BPF opcodes (linux/filter.h): loads, jumps, return.
+LD_W_ABS = 0x20
+JA = 0x05
+JEQ_K = 0x15
+JSET_K = 0x45
+RET_K = 0x06
+OFF_NR, OFF_ARCH = 0, 4
+
+
+def arg_offset(i: int) -> int:
+    return 16 + 8 * i     # the low 32 bits of args[i] in struct seccomp_data (little endian)
+
+
+class Program:
+    """A BPF program under construction; jump targets name labels resolved by assemble()."""
+
+    def __init__(self):
+        self.ops: list[tuple[int, object, object, object]] = []
+        self.labels: dict[str, int] = {}
+
+    def op(self, code: int, k: object = 0, jt: object = 0, jf: object = 0) -> None:
+        self.ops.append((code, jt, jf, k))
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.ops)
+
+    def assemble(self) -> bytes:
+        if len(self.ops) > MAX_INSNS:
+            raise ValueError(f"seccomp program of {len(self.ops)} instructions (the kernel takes {MAX_INSNS})")
+        out = bytearray()
+        for i, (code, jt, jf, k) in enumerate(self.ops):
+            rel = lambda target: self.labels[target] - i - 1 if isinstance(target, str) else target  # noqa: E731
+            jt, jf = rel(jt), rel(jf)
+            if code == JA:
+                k = rel(k)
+            if not (0 <= jt < 256 and 0 <= jf < 256 and 0 <= k < 1 << 32):
+                raise ValueError("seccomp program jump out of range")
+            out += struct.pack("<HBBI", code, jt, jf, k)
+        return bytes(out)
+
+
+def _merge(alternatives: set[tuple]) -> list[tuple]:
+    """Fewer, wider alternatives: two that differ only in the values of one "in" test become one
+    (KVM_RUN on vCPU 1 + KVM_RUN on vCPU 2 = KVM_RUN on either). Deterministic order."""
+    alts = [dict((i, (kind, v)) for i, kind, v in alt) for alt in alternatives]
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(alts)):
+            for b in range(a + 1, len(alts)):
+                x, y = alts[a], alts[b]
+                if x.keys() != y.keys():
+                    continue
+                differ = [i for i in x if x[i] != y[i]]
+                if len(differ) == 1 and x[differ[0]][0] == y[differ[0]][0] == "in":
+                    i = differ[0]
+                    x[i] = ("in", x[i][1] | y[i][1])
+                    del alts[b]
+                    merged = True
+                    break
+            if merged:
+                break
+    out = [tuple(sorted((i, kind, v) for i, (kind, v) in alt.items())) for alt in alts]
+    return sorted(out, key=lambda alt: (len(alt), repr(sorted((i, k, sorted(v) if isinstance(v, frozenset) else v)
+                                                              for i, k, v in alt))))
+
+
+def compile_needs(needs: Needs) -> bytes:
+    """The seccomp program that allows exactly what `needs` says and kills the process otherwise."""
+    p = Program()
+    p.op(LD_W_ABS, OFF_ARCH)
+    p.op(JEQ_K, AUDIT_ARCH_X86_64, 1, 0)
+    p.op(RET_K, SECCOMP_RET_KILL_PROCESS)
+    p.op(LD_W_ABS, OFF_NR)
+    names = sorted(set(needs.rules) | set(needs.errors), key=lambda n: (n != "ioctl", NR[n]))
+    blocks = []
+    for name in names:
+        alternatives = needs.rules.get(name, set())
+        p.op(JEQ_K, NR[name], 0, 1)
+        if () in alternatives:
+            p.op(RET_K, SECCOMP_RET_ALLOW)
+        elif alternatives:
+            p.op(JA, f"sys_{name}")
+            blocks.append((name, _merge(alternatives)))
+        else:
+            p.op(RET_K, SECCOMP_RET_ERRNO | needs.errors[name])
+    p.op(RET_K, SECCOMP_RET_KILL_PROCESS)
+    for name, alternatives in blocks:
+        p.label(f"sys_{name}")
+        for n, alt in enumerate(alternatives):
+            fail = f"{name}_{n}_fail"
+            for t, (index, kind, value) in enumerate(alt):
+                p.op(LD_W_ABS, arg_offset(index))
+                if kind == "in":        # in chunks, so that every JEQ reaches its trampoline
+                    ok = f"{name}_{n}_{t}_ok"
+                    values = sorted(value)
+                    chunks = [values[c:c + 200] for c in range(0, len(values), 200)]
+                    for c, chunk in enumerate(chunks):
+                        here = f"{name}_{n}_{t}_{c}"
+                        for v in chunk:
+                            p.op(JEQ_K, v, f"{here}_hit", 0)
+                        p.op(JA, f"{name}_{n}_{t}_{c + 1}" if c + 1 < len(chunks) else fail)
+                        p.label(f"{here}_hit")
+                        p.op(JA, ok)
+                        p.label(f"{name}_{n}_{t}_{c + 1}")
+                    p.label(ok)
+                elif kind == "not_in":
+                    for v in sorted(value):
+                        p.op(JEQ_K, v, 0, 1)
+                        p.op(JA, fail)
+                elif kind == "clear":
+                    p.op(JSET_K, value, 0, 1)
+                    p.op(JA, fail)
+                else:
+                    raise ValueError(f"unknown test {kind!r}")
+            p.op(RET_K, SECCOMP_RET_ALLOW)
+            p.label(fail)
+        p.op(RET_K, SECCOMP_RET_KILL_PROCESS)
+    return p.assemble()
+
+
+class SandboxError(UkvmError):
+    pass
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    libc.personality.argtypes = [ctypes.c_ulong]
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def install(program: bytes) -> None:
+    """Refuse READ_IMPLIES_EXEC, set no_new_privs, install `program` on every thread (TSYNC)."""
+    libc = _libc()
+    persona = libc.personality(0xFFFFFFFF)
+    if persona != -1 and persona & READ_IMPLIES_EXEC:
+        raise SandboxError("Cowardly refusing to run with a sys_personality of READ_IMPLIES_EXEC. "
+                           "Check your toolchain or unset the personality.")
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise SandboxError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    insns = ctypes.create_string_buffer(program, len(program))
+    fprog = ctypes.create_string_buffer(struct.pack("<HxxxxxxQ", len(program) // 8, ctypes.addressof(insns)))
+    rc = libc.syscall(ctypes.c_long(NR_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+                      ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC), fprog)
+    if rc != 0:      # > 0: the id of a thread that could not be synchronised
+        reason = os.strerror(ctypes.get_errno()) if rc < 0 else f"thread {rc} cannot take the filter"
+        raise SandboxError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {reason}")
