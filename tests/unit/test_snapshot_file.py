@@ -12,7 +12,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.kvm import abi
 from ukvm.machine.manifest import MFT_DEV_NET_BASIC
 from ukvm.machine.snapshot import HEADER, Snapshot, SnapshotError, VcpuState, data_ranges
-from ukvm.machine.vm import dirty_pages, page_runs
+from ukvm.machine.clone import dirty_pages, page_runs
 
 SIZE = 2 << 20
 

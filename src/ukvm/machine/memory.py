@@ -192,10 +192,13 @@ class GuestMemory:
     def protected_ranges(self) -> dict[str, list[tuple[int, int]]]:
         return {"readonly": list(self._readonly), "noaccess": list(self._noaccess)}
 
-    def host_restore(self, gpa: int, data: bytes) -> None:
-        """Put a snapshot's bytes back (VM.reset): pages the guest or the tender wrote, so never
-        host-protected ones; one memcpy, the pages stay mapped."""
-        self._mv[gpa:gpa + len(data)] = data
+    def restore_from(self, source: memoryview, gpa: int, size: int) -> None:
+        """Put a snapshot's bytes back (Clone.reset) from `source`, the snapshot's memory mapped
+        read-only: pages the guest or the tender wrote, so never host-protected ones; one
+        memcpy, the pages stay mapped."""
+        if gpa < 0 or gpa + size > self.size or gpa + size > len(source):
+            raise GuestMemoryError(gpa, size)
+        self._mv[gpa:gpa + size] = source[gpa:gpa + size]
 
     def close(self) -> None:
         if not self._mm.closed:

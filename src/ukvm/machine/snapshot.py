@@ -4,7 +4,7 @@ A Snapshot holds guest memory in a file descriptor (a memfd, or a snapshot file 
 offset) and everything else as plain data: the vCPU registers, where guest memory is protected on
 the host, the boot features and each module's device state. VM.from_snapshot() maps that memory
 privately (copy on write), so any number of clones share the snapshot's pages and each pays only
-for the pages it dirties; VM.reset() drops those and reloads the registers.
+for the pages it dirties; Clone.reset() (clone.py) puts those back and reloads the registers.
 
 File layout: a 64-byte header (magic, version, metadata length and CRC-32, where the memory image
 starts and how long it is), the metadata as JSON, then the memory image, page aligned and sparse.
@@ -121,6 +121,17 @@ class Snapshot:
     modules: dict[str, dict]
     kernel: str = ""
     path: str = field(default="<memory>")
+    _map: object = field(default=None, init=False, repr=False, compare=False)
+
+    def memory_view(self) -> memoryview:
+        """The snapshot's memory as a read-only shared mapping of its fd, made once and shared by
+        every clone: the page cache's own pages, no copy (a clone's reset copies from it)."""
+        if self._map is None:
+            import mmap
+            mm = mmap.mmap(self.mem_fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ,
+                           offset=self.mem_offset)
+            self._map = (mm, memoryview(mm))
+        return self._map[1]
 
     def manifest(self) -> Manifest:
         return Manifest.parse(self.manifest_payload, self.path)
@@ -225,6 +236,11 @@ class Snapshot:
                    str(meta.get("kernel", "")), path)
 
     def close(self) -> None:
+        if self._map is not None:
+            mm, view = self._map
+            view.release()
+            mm.close()
+            self._map = None
         if self.mem_fd >= 0:
             os.close(self.mem_fd)
             self.mem_fd = -1

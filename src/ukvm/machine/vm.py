@@ -2,7 +2,8 @@
 
 A Kernel is an opened, ABI-checked unikernel with its manifest; it can boot many VMs. A VM owns
 its KVM fds, guest memory and modules, and releases all of them in close(), so one process can
-create and run VMs one after another without leaking anything.
+create and run VMs one after another without leaking anything. A VM made from a snapshot, and
+its reset, are clone.py's.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ukvm.machine.exits import HypercallTable, handle_exit, translation_fault
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm
 from ukvm.machine.manifest import Manifest, type_name
-from ukvm.machine.memory import PROT_NONE, PROT_READ, GuestMemory
+from ukvm.machine.memory import GuestMemory
 from ukvm.modules import Module, default_modules
 from ukvm.modules.core import CoreModule
 from ukvm.machine.vcpu import host_emulates_cpl0, setup_vcpu, write_gdt, write_page_tables
@@ -35,38 +36,6 @@ KVM_EXIT_IO, KVM_EXIT_IO_OUT = abi.KVM_EXIT_IO, abi.KVM_EXIT_IO_OUT
 PIO_BASE = hvt.HVT_HYPERCALL_PIO_BASE
 FIRST_HANDLED_PORT = PIO_BASE + 1
 HALT_PORT = PIO_BASE + hvt.HVT_HYPERCALL_HALT
-
-
-_ZERO_CHUNK = bytes(256)
-
-
-def dirty_pages(bitmap: bytes) -> set[int]:
-    """Page numbers whose bit is set in a KVM dirty bitmap (little-endian 64-bit words). Mostly
-    zeros: whole chunks are compared first (a regex is ten times slower here)."""
-    pages = set()
-    step = len(_ZERO_CHUNK)
-    for at in range(0, len(bitmap), step):
-        chunk = bitmap[at:at + step]
-        if chunk == _ZERO_CHUNK[:len(chunk)]:
-            continue
-        bits = int.from_bytes(chunk, "little")
-        base = at * 8
-        while bits:
-            low = bits & -bits
-            pages.add(base + low.bit_length() - 1)
-            bits ^= low
-    return pages
-
-
-def page_runs(pages: set[int]) -> list[tuple[int, int]]:
-    """Sorted [start, end) runs of consecutive page numbers."""
-    runs: list[tuple[int, int]] = []
-    for page in sorted(pages):
-        if runs and runs[-1][1] == page:
-            runs[-1] = (runs[-1][0], page + 1)
-        else:
-            runs.append((page, page + 1))
-    return runs
 
 
 def _stderr_warn(message: str) -> None:
@@ -133,21 +102,23 @@ def guest_cpl_plan(note: int | None, choice: str) -> tuple[bool, bool]:
 
 
 class VM:
+    """A VM booted from a Kernel. machine/clone.py's Clone is one made from a Snapshot instead;
+    both are built by _construct (KVM objects, then _build, then the device check)."""
+
     def __init__(self, kernel: Kernel, args: Sequence[str] = (), mem: int = hvt.MEM_DEFAULT,
                  modules: list[Module] | None = None, warn: Callable[[str], None] = _stderr_warn,
                  guest_cpl: str = "auto"):
         if guest_cpl not in GUEST_CPL_CHOICES:
             raise ValueError(f"guest_cpl must be one of {GUEST_CPL_CHOICES}")
         self.kernel = kernel
+        self.kernel_path, self.manifest_payload = kernel.path, kernel.manifest_payload
         self.guest_cpl_choice = guest_cpl
-        self._init_state(modules if modules is not None else default_modules(kernel.manifest()), warn)
-        try:
-            self._create(args, mem)
-        except BaseException:
-            self.close()
-            raise
+        self._boot_args, self._mem_request = args, mem
+        self._construct(modules if modules is not None else default_modules(kernel.manifest()), warn)
 
-    def _init_state(self, modules: list[Module], warn: Callable[[str], None]) -> None:
+    def _construct(self, modules: list[Module], warn: Callable[[str], None]) -> None:
+        """The one place a VM is put together: state, KVM objects, memory and vCPU (_build: boot
+        or restore), attached devices checked; everything released if any step fails."""
         self.modules = modules
         self.manifest = self.modules[0].manifest
         self.core = next(m for m in self.modules if isinstance(m, CoreModule))
@@ -158,20 +129,26 @@ class VM:
         self._stop_requested = False
         self.on_interrupt: Callable[[], None] | None = None     # --gdb: a Ctrl-C stop
         self._run_thread: int | None = None
-        self.snapshot_state = None          # the Snapshot a clone resets to (from_snapshot)
         self.stats = None                   # HypercallStats after enable_stats()
         self.kvm = self.vmfd = self.vcpu = self.mem = None
+        try:
+            self.kvm = Kvm()
+            if self.kvm.check_extension(abi.KVM_CAP_USER_MEMORY) != 1:
+                raise KvmError("KVM: host does not support KVM_CAP_USER_MEMORY")
+            if self.kvm.check_extension(abi.KVM_CAP_GET_TSC_KHZ) != 1:
+                raise KvmError("KVM: host does not support KVM_CAP_GET_TSC_KHZ")
+            self.vmfd = self.kvm.create_vm()
+            self.vcpu = self.vmfd.create_vcpu(self.kvm)
+            self._build()
+            self._check_attached()
+        except BaseException:
+            self.close()
+            raise
 
-    def _create(self, args: Sequence[str], mem_request: int) -> None:
+    def _build(self) -> None:
+        """Boot: load the kernel into fresh memory, set up the vCPU, the modules, boot info."""
         with_net = any(getattr(m, "needs_ring_area", False) for m in self.modules)
-        size = guest_memory_size(mem_request, with_net, self.warn)
-        self.kvm = Kvm()
-        if self.kvm.check_extension(abi.KVM_CAP_USER_MEMORY) != 1:
-            raise KvmError("KVM: host does not support KVM_CAP_USER_MEMORY")
-        if self.kvm.check_extension(abi.KVM_CAP_GET_TSC_KHZ) != 1:
-            raise KvmError("KVM: host does not support KVM_CAP_GET_TSC_KHZ")
-        self.vmfd = self.kvm.create_vm()
-        self.vcpu = self.vmfd.create_vcpu(self.kvm)
+        size = guest_memory_size(self._mem_request, with_net, self.warn)
         self.mem = GuestMemory(size)
         self.vmfd.set_user_memory_region(0, 0, size, self.mem.host_addr)
 
@@ -203,61 +180,19 @@ class VM:
 
         for module in self.modules:
             module.setup(self)
-        self._check_attached()
-        self._write_boot_info(loaded.kernel_end, tsc_hz, join_cmdline(args))
+        self._write_boot_info(loaded.kernel_end, tsc_hz, join_cmdline(self._boot_args))
 
     def _register_supervisor(self) -> None:
         from ukvm.machine import supervisor
         self.hypercalls.report_port = (supervisor.SV_REPORT_PORT, lambda: supervisor.report_error(self.mem))
 
-    # --- snapshots (snapshot.py, docs/serve.md) ------------------------------------------------
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot, modules: list[Module] | None = None,
-                      warn: Callable[[str], None] = _stderr_warn) -> VM:
-        """A VM that goes on from `snap`, its memory a private copy-on-write mapping of the
-        snapshot's; reset() brings it back there. `modules` (built on snap.manifest()) carry the
-        devices to attach; their state comes from the snapshot."""
-        from ukvm.machine.memory import TrackedGuestMemory
-        from ukvm.machine.snapshot import SnapshotError
-        self = cls.__new__(cls)
-        self.kernel = None
-        self.guest_cpl_choice = "auto"
-        self._init_state(modules if modules is not None else default_modules(snap.manifest()), warn)
-        try:
-            if any(getattr(m, "needs_ring_area", False) for m in self.modules) != (snap.size > snap.limit):
-                raise SnapshotError(f"{snap.path}: the snapshot's network devices must be attached, and only they")
-            self.kvm = Kvm()
-            self.vmfd = self.kvm.create_vm()
-            self.vcpu = self.vmfd.create_vcpu(self.kvm)
-            self.mem = TrackedGuestMemory(snap.size, (snap.mem_fd, snap.mem_offset))
-            self.mem.limit = snap.limit
-            for kind, prot in (("readonly", PROT_READ), ("noaccess", PROT_NONE)):
-                for start, end in snap.protections[kind]:
-                    self.mem.protect(start, end, prot)
-            # Manual protection: a page the guest wrote once stays writable and stays in the
-            # dirty log, so reset() restores it each time without a write fault per page per
-            # run; only a page written for the first time faults (docs/serve.md).
-            if self.kvm.check_extension(abi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) & abi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE:
-                self.vmfd.enable_cap(abi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, abi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
-            self.vmfd.set_user_memory_region(0, 0, snap.size, self.mem.host_addr, log_dirty=True)
-            self._dirty_bitmap = (ctypes.c_uint64 * ((snap.size // 4096 + 63) // 64))()
-            self._last_bitmap = bytes(self._dirty_bitmap)
-            self._restore_pages: set[int] = set()
-            self._restore_plan: list[tuple[int, bytes]] = []
-            self.vcpu.set_cpuid2(self.kvm.supported_cpuid())
-            snap.vcpu.restore(self.vcpu)
-            self.host_features, self.ring_gpa = snap.host_features, snap.ring_gpa
-            self.guest_cpl, self.supervised = snap.guest_cpl, snap.supervised
-            if self.supervised:
-                self._register_supervisor()
-            self.snapshot_state = snap
-            for module in self.modules:
-                module.restore(self, snap.modules.get(module.name, {}))
-            self._check_attached()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    # --- snapshots (snapshot.py, clone.py, docs/serve.md) --------------------------------------
+    @staticmethod
+    def from_snapshot(snap: Snapshot, modules: list[Module] | None = None,
+                      warn: Callable[[str], None] = _stderr_warn) -> Clone:
+        """A Clone (machine/clone.py) that goes on from `snap`; reset() brings it back there."""
+        from ukvm.machine.clone import Clone
+        return Clone(snap, modules, warn)
 
     def snapshot(self) -> Snapshot:
         """Capture this VM, stopped at a hypercall boundary (run() returned None)."""
@@ -269,58 +204,8 @@ class VM:
         vcpu = VcpuState.capture(self.kvm, self.vcpu)
         return Snapshot(capture_memory(self.mem), 0, self.mem.size, self.mem.limit,
                         self.mem.protected_ranges(), vcpu, self.host_features, self.ring_gpa,
-                        self.guest_cpl, self.supervised,
-                        self.kernel.manifest_payload if self.kernel else self.snapshot_state.manifest_payload,
-                        {m.name: m.snapshot_state() for m in self.modules},
-                        self.kernel.path if self.kernel else self.snapshot_state.kernel)
-
-    def reset(self) -> None:
-        """Back to the snapshot this clone came from, reusing every KVM object: the pages the
-        guest or the tender wrote get the snapshot's bytes again, the registers are reloaded,
-        the modules told. The pages are copied, not dropped: they stay mapped, so the next run
-        does not fault on each again (a fault costs tens of microseconds on kvm_pvm). A clone
-        thus keeps a private copy of each page it ever wrote: its whole cost in memory."""
-        snap = self.snapshot_state
-        if snap is None:
-            raise UkvmError("reset: this VM was not made from a snapshot")
-        for module in self.modules:
-            module.quiesce(self)
-        self._update_restore_plan(snap)
-        write = self.mem.host_restore
-        for gpa, data in self._restore_plan:
-            write(gpa, data)
-        snap.vcpu.restore(self.vcpu)
-        self._stop_requested = self._interrupted = False
-        self._thread_error = None
-        self.vcpu.run[abi.KVM_RUN_IMMEDIATE_EXIT_OFFSET] = 0
-        for module in self.modules:
-            module.on_reset(self)
-
-    def _update_restore_plan(self, snap: Snapshot) -> None:
-        """Learn which pages this run wrote: KVM's dirty log for the guest's writes, the memory's
-        own record for the tender's. With manual protection the log only grows (a page once
-        written stays listed), so it is decoded again only when it changed. The plan holds the
-        snapshot's bytes for every page ever written, read once."""
-        self.vmfd.get_dirty_log(0, self._dirty_bitmap)
-        raw = bytes(self._dirty_bitmap)
-        pages = set()
-        if raw != self._last_bitmap:
-            pages = dirty_pages(raw)
-            self._last_bitmap = raw
-        pages |= self.mem.host_dirty
-        self.mem.host_dirty.clear()
-        if snap.ring_gpa:      # the ring's control words and commits, written by the ring thread
-            pages.update(range(snap.ring_gpa >> 12, (snap.ring_gpa + hvt.HVT_RING_STRUCT_SIZE + 4095) >> 12))
-        if pages <= self._restore_pages:
-            return
-        self._restore_pages |= pages
-        self._restore_plan = [(start << 12, os.pread(snap.mem_fd, (end - start) << 12, snap.mem_offset + (start << 12)))
-                              for start, end in page_runs(self._restore_pages)]
-
-    @property
-    def pages_written(self) -> int:
-        """How many pages of the snapshot this clone holds its own copy of (all it ever wrote)."""
-        return len(self._restore_pages)
+                        self.guest_cpl, self.supervised, self.manifest_payload,
+                        {m.name: m.snapshot_state() for m in self.modules}, self.kernel_path)
 
     def request_stop(self) -> None:
         """Make run() return None at the next exit, from any thread; a guest waiting in POLL is

@@ -194,7 +194,7 @@ class GdbStub:
             listener.bind(("127.0.0.1", port))
             listener.listen(1)
             self.warn("Waiting for a debugger. Connect to it like this:")
-            self.warn(f'\tgdb --ex="target remote localhost:{listener.getsockname()[1]}" {vm.kernel.path}')
+            self.warn(f'\tgdb --ex="target remote localhost:{listener.getsockname()[1]}" {vm.kernel_path}')
             self.sock, peer = listener.accept()
         except OSError as e:
             raise UsageError(f"gdb: cannot wait for a debugger on port {port}: {os.strerror(e.errno)}",

@@ -193,7 +193,7 @@ class ProfileModule(Module):
         from ukvm.modules.profile import flamegraph
         from ukvm.modules.profile.symbols import Symbols
         self.flamegraph = flamegraph
-        kernel = vm.kernel.path if vm.kernel is not None else vm.snapshot_state.kernel
+        kernel = vm.kernel_path
         self.kernel_name = os.path.basename(kernel)
         self.sampler = Sampler(vm, Symbols.from_file(kernel))
         try:
