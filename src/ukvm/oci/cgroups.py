@@ -208,8 +208,9 @@ class Cgroup:
 
 
 def remove(dirs: list[str], timeout: float = 2.0) -> None:
-    """rmdir the directories create() made, deepest first; a cgroup whose last task is still
-    exiting is busy for a moment (bounded retries)."""
+    """rmdir the directories create() made, deepest first. The container's own may be busy for a
+    moment while its last task exits (bounded retries); a parent still holding other containers'
+    cgroups stays."""
     deadline = time.monotonic() + timeout
     for d in sorted(dirs, key=len, reverse=True):
         while True:
@@ -218,7 +219,14 @@ def remove(dirs: list[str], timeout: float = 2.0) -> None:
             except FileNotFoundError:
                 pass
             except OSError as e:
-                if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                if e.errno == errno.EBUSY and not _has_children(d) and time.monotonic() < deadline:
                     time.sleep(0.01)
                     continue
             break
+
+
+def _has_children(d: str) -> bool:
+    try:
+        return any(entry.is_dir() for entry in os.scandir(d))
+    except OSError:
+        return False
