@@ -159,9 +159,12 @@ class Cgroup:
         p = root
         for i in range(len(parts) + 1):
             enabled = set(_read(os.path.join(p, "cgroup.subtree_control")).split())
-            missing = [c for c in wanted if c not in enabled]
-            if missing:
-                _write(os.path.join(p, "cgroup.subtree_control"), " ".join("+" + c for c in missing))
+            for c in (c for c in wanted if c not in enabled):
+                try:         # one at a time: a limit that needs a controller not enabled says so later
+                    with open(os.path.join(p, "cgroup.subtree_control"), "a") as f:
+                        f.write("+" + c)
+                except OSError:
+                    pass
             if i < len(parts):
                 p = os.path.join(p, parts[i])
 
