@@ -353,11 +353,10 @@ VCPU_CAPTURE_IOCTLS = (abi.KVM_GET_XSAVE, abi.KVM_GET_FPU, abi.KVM_GET_XCRS, abi
 
 
 def clone_needs(vm) -> Needs:
-    """What VM.reset does: the dirty log, the snapshot's bytes (pread), every register set."""
+    """What Clone.reset (clone.py) does: read the dirty log, set every register. The snapshot's
+    bytes are copied from its mapping, made when the clone was (no system call)."""
     from ukvm.sandbox.needs import Needs
-    snap = vm.snapshot_state
-    return (Needs().ioctl({vm.vmfd.fd}, abi.KVM_GET_DIRTY_LOG).ioctl({vm.vcpu.fd}, *VCPU_RESTORE_IOCTLS)
-            .on_fds("pread64", {snap.mem_fd}))
+    return Needs().ioctl({vm.vmfd.fd}, abi.KVM_GET_DIRTY_LOG).ioctl({vm.vcpu.fd}, *VCPU_RESTORE_IOCTLS)
 
 
 def capture_needs(vm) -> Needs:
