@@ -191,7 +191,7 @@ def test_clone_machinery_declares_reset():
     assert run_bpf(program, NR["ioctl"], VMFD, abi.KVM_GET_DIRTY_LOG) == ALLOW
     assert run_bpf(program, NR["ioctl"], VCPU, abi.KVM_GET_DIRTY_LOG) == KILL
     assert run_bpf(program, NR["ioctl"], VMFD, abi.KVM_SET_USER_MEMORY_REGION) == KILL
-    assert run_bpf(program, NR["pread64"], MEMFD) == ALLOW
+    assert run_bpf(program, NR["pread64"], MEMFD) == KILL      # reset copies from the snapshot's mapping
     assert run_bpf(program, NR["pread64"], TAP) == KILL
 
 
