@@ -3,7 +3,7 @@
 
     python3 bench/run.py [--quick] [--only NAME[,NAME]] [--json bench/results.json]
 
-Sections: start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0),
+Sections: paths (every way a guest reaches the VMM, timed in C), start (cold start, RSS), hypercall, block, net, cpl3 (the same guests at CPL3 and CPL0),
 solo5 (the guests built by Solo5's toolchain on ukvm CPL3, ukvm CPL0 and solo5-hvt), exits (one
 exit per operation, ukvm against solo5-hvt on the same binaries, and the KVM_RUN floors), serve
 (the lwIP httpd example: a fresh clone per request against one long-running server, a cold
@@ -410,6 +410,42 @@ def bench_solo5(work, floor, quick):
         row("solo5", f"{name}, solo5-hvt", up[key], unit, c3[key], "same binary, ukvm CPL3")
 
 
+PATHS = {   # floor.c's `paths` names: what each is, and whether the VMM's user space sees it
+    "out_bitmap": "`out` through the TSS I/O bitmap", "out": "`out`",
+    "mmio_write": "MMIO write, no memory slot", "mmio_read": "MMIO read, no memory slot",
+    "out_ioeventfd": "`out` bound to an ioeventfd (no user exit)",
+    "mmio_ioeventfd": "MMIO write bound to an ioeventfd (no user exit)",
+    "hlt": "`hlt` (KVM_EXIT_HLT)", "hlt_gp_handler_exit": "`hlt` -> #GP -> CPL0 handler -> `out`, iretq",
+    "ud2_handler_exit": "`ud2` -> #UD -> CPL0 handler -> `out`, iretq",
+    "int80_handler_exit": "`int 0x80` -> CPL0 handler -> `out`, iretq",
+    "syscall_handler_exit": "`syscall` -> CPL0 handler -> `out`, sysretq",
+    "hlt_gp_handler": "`hlt` -> #GP -> CPL0 handler, iretq (no exit)",
+    "int81_handler": "`int 0x81` -> CPL0 handler, iretq (no exit)",
+    "syscall_handler": "`syscall` -> CPL0 handler, sysretq (no exit)",
+}
+
+
+def bench_paths(work, floor, quick):
+    """Every way a guest reaches the VMM on this host, timed in C (floor.c `paths`): each path
+    at CPL3 against `out` through the TSS I/O bitmap at CPL3 (the path hypercalls take), and at
+    CPL0 against the same loop without the exit (CPL0 code is emulated on kvm_pvm)."""
+    n = 1000 if quick else 4000
+    got = {}
+    for line in sh(floor, "paths", n).splitlines():
+        name, cpl, ns, loop = line.split()
+        got[name, int(cpl)] = (None if ns == "unsupported" else float(ns), float(loop))
+    base = got["out_bitmap", 3][0]
+    for (name, cpl), (ns, loop) in got.items():
+        if name == "loop_alone":
+            row("paths", f"CPL{cpl} loop alone (dec, jnz)", ns, "ns")
+        elif ns is None:
+            row("paths", f"CPL{cpl} {name}", 0.0, "ns", note=f"{PATHS[name]}: not supported by this host's KVM")
+        elif cpl == 3:
+            row("paths", f"CPL3 {name}", ns, "ns", base, "CPL3 `out` through the I/O bitmap", PATHS[name])
+        else:
+            row("paths", f"CPL0 {name}", ns, "ns", loop, "CPL0 loop alone (emulated)", PATHS[name])
+
+
 def bench_exits(work, floor, quick):
     """Issue 12's table: the same Solo5-built binaries (built with Solo5's bindings, CPL0 code)
     on ukvm and on solo5-hvt, end to end through each tender's command line, one exit per
@@ -751,7 +787,7 @@ def bench_observe(work, quick):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--only", default="start,hypercall,block,net,cpl3,solo5,exits,serve,kubernetes,observe")
+    ap.add_argument("--only", default="paths,start,hypercall,block,net,cpl3,solo5,exits,serve,kubernetes,observe")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
     from ukvm.toolchain.supervisor_image import ensure_in_tree
@@ -761,7 +797,8 @@ def main() -> int:
         floor = work / "floor"
         sh("gcc", "-O2", "-o", floor, ROOT / "bench" / "floor.c")
         print(f"{'section':9} {'figure':42} {'ukvm':>12} {'unit':8} {'floor':>12} {'ratio':>8}  floor is")
-        sections = {"start": lambda: bench_start(work, floor, 10 if args.quick else 30),
+        sections = {"paths": lambda: bench_paths(work, floor, args.quick),
+                    "start": lambda: bench_start(work, floor, 10 if args.quick else 30),
                     "hypercall": lambda: bench_hypercall(work, floor, args.quick),
                     "block": lambda: bench_block(work, floor, args.quick),
                     "net": lambda: bench_net(work, floor, args.quick),
