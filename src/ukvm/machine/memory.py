@@ -11,7 +11,6 @@ wrap; values the guest gave as u64 are compared as such.
 import ctypes
 import mmap
 import os
-import re
 import struct
 
 from ukvm.errors import GuestMemoryError, KvmError
@@ -184,6 +183,7 @@ class GuestMemory:
         vec = (ctypes.c_ubyte * ((self.size + PAGE - 1) // PAGE))()
         if _libc.mincore(self.host_addr, self.size, vec) != 0:
             raise KvmError(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+        import re         # here, not at the top: `re` costs every start-up ~5 ms (docs/performance.md)
         runs = [(m.start() * PAGE, m.end() * PAGE) for m in re.finditer(rb"[\x01-\xff]+", bytes(vec))]
         for hole_start, hole_end in self._noaccess:
             runs = [r for s, e in runs for r in ((s, min(e, hole_start)), (max(s, hole_end), e)) if r[0] < r[1]]

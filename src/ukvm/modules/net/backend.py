@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False     # typing.TYPE_CHECKING without importing typing (~3 ms per start)
 if TYPE_CHECKING:
     import socket
 
