@@ -84,6 +84,7 @@ void ukvm_start(struct hvt_boot_info *bi)
     cpu_init();
     if (bi->host_features & UKVM_FEATURE_CPL3)
         cpu_enter_user();   /* from here on everything runs at CPL3 */
+    cpu_init_idt();         /* natively at CPL3 where the drop happened (cpu.c) */
 
     start_info.cmdline = parse_runtime_options((const char *)bi->cmdline);
     uint64_t mem_size = bi->mem_size;

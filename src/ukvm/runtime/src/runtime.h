@@ -31,6 +31,7 @@ void hvt_halt(int status, void *cookie) __attribute__((noreturn));
 
 /* cpu.c */
 void cpu_init(void);
+void cpu_init_idt(void);
 void cpu_enter_user(void);
 void cpu_set_fs_base(uint64_t base);
 static inline uint64_t cpu_rdtsc(void)
