@@ -1,6 +1,6 @@
 """python3 -m ukvm: same as the `ukvm` command."""
 import sys
 
-from ukvm.cli import main
+from ukvm.start import main
 
 sys.exit(main())

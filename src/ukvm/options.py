@@ -20,7 +20,6 @@ layer (machine, modules, front ends) may use it. Kept light: the tender imports 
 """
 from __future__ import annotations
 
-import math
 
 from ukvm.errors import UsageError
 
@@ -83,6 +82,7 @@ def seconds(lo: float, hi: float):
     expected = f"seconds, more than {lo:g} and at most {hi:g}"
 
     def parse(text: str) -> float:
+        import math           # here: every start-up would pay for it otherwise
         try:
             value = float(text)
         except ValueError:

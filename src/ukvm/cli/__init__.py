@@ -13,6 +13,7 @@ import sys
 from ukvm import __version__
 from ukvm import hvt_abi as hvt
 from ukvm.cli.run import run_main
+from ukvm.start import collect_from_now
 
 
 def _prog() -> str:
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print(MAIN_USAGE, file=sys.stderr)
         return 1 if not argv else 0
     cmd, rest = argv[0], argv[1:]
+    if cmd != "run":
+        collect_from_now()
     if cmd == "--version":
         print(f"ukvm {__version__} (hvt ABI version {hvt.HVT_ABI_VERSION})")
         return 0

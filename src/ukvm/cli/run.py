@@ -18,6 +18,7 @@ from ukvm.machine.vm import VM, Kernel
 from ukvm.modules import default_modules, module_classes
 from ukvm.options import GUEST_CPL, MEM, Option, OptionTable, choice, text
 from ukvm.sandbox import sandbox_vm
+from ukvm.start import collect_from_now
 
 CORE_OPTIONS = OptionTable([
     MEM,
@@ -166,6 +167,7 @@ def _run_to_snapshot(vm: VM, path: str, prog: str, sandboxed: bool) -> int:
 
 def _run(vm: VM, values: dict, prog: str) -> int:
     """Run a built VM as the options say; the VM is closed by the caller."""
+    collect_from_now()        # start-up is over (ukvm/start.py)
     if values["snapshot"] is not None:
         return _run_to_snapshot(vm, values["snapshot"], prog, not values["x-no-sandbox"])
     if not values["x-no-sandbox"]:
