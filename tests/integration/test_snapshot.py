@@ -8,10 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import solo5_sdk
 from conftest import GUESTS, needs_kvm, read_until, ukvm
@@ -203,8 +205,79 @@ def test_restore_needs_the_snapshots_devices(tmp_path, guest):
     assert p.returncode == 1 and RESUMED.search(p.stdout), p.stdout
 
 
-def test_snapshot_errors_are_snapshot_errors():
-    assert issubclass(SnapshotError, Exception)
-    with pytest.raises(SnapshotError):
-        from ukvm.machine.snapshot import Snapshot
-        Snapshot.load("/nonexistent/snapshot")
+def test_snapshot_errors_are_one_line_ukvm_errors(tmp_path):
+    """A missing or foreign file is a SnapshotError the CLI reports as one line with exit status
+    1 (it is a UkvmError), naming the file and the cause."""
+    from ukvm.machine.snapshot import Snapshot
+    with pytest.raises(SnapshotError) as e:
+        Snapshot.load(str(tmp_path / "none"))
+    assert str(e.value) == f"{tmp_path / 'none'}: No such file or directory"
+    assert isinstance(e.value, UkvmError) and e.value.exit_code == 1
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(b"ELF" * 100)
+    with pytest.raises(SnapshotError, match=r"^\S+/foreign: invalid snapshot: not a ukvm snapshot \(bad magic\)$"):
+        Snapshot.load(str(foreign))
+
+
+sys.path.insert(0, str(GUESTS.parent / "unit"))
+from test_snapshot_file import metadata_edits, snapshot_metadata  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def block_snapshot(guest, tmp_path_factory):
+    """A snapshot file of test_snapshot with a block device, and the disk it needs."""
+    out = tmp_path_factory.mktemp("fuzz")
+    manifest = '{"type": "solo5.manifest", "version": 1, "devices": [{"name": "storage", "type": "BLOCK_BASIC"}]}'
+    image = guest("test_snapshot", manifest, cpl0=False)
+    disk = out / "disk"
+    disk.write_bytes(bytes(65536))
+    snap = out / "ready.snap"
+    p = ukvm("run", "--mem=32", f"--block:storage={disk}", "--snapshot-at=ready", f"--snapshot={snap}", image)
+    assert p.returncode == 0, p.stdout
+    return snap, disk
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_metadata_restores_or_is_one_line(block_snapshot, tmp_path, data):
+    """Snapshot metadata changed behind a recomputed CRC, then restored as `ukvm run --restore`
+    does (devices attached, the guest run, bounded by a stop after 2 s): a one-line UkvmError at
+    load, at restore or from the run, or a run that ends; never another exception."""
+    from test_snapshot_file import rewrite
+    from ukvm.machine.snapshot import Snapshot
+    from ukvm.modules import default_modules
+    original, disk = block_snapshot
+    path = tmp_path / f"f{data.draw(st.integers(0, 1 << 30))}.snap"
+    shutil.copyfile(original, path)
+    edit = data.draw(metadata_edits(snapshot_metadata(path)))
+    rewrite(path, edit)
+    try:
+        snap = Snapshot.load(str(path))
+    except SnapshotError as e:
+        assert "\n" not in str(e), edit.description
+        return
+    try:
+        modules = default_modules(snap.manifest())
+        for m in modules:
+            m.warn = lambda msg: None
+        stop = None
+        try:
+            next(m for m in modules if m.name == "block").attach("storage", str(disk))
+            clone = VM.from_snapshot(snap, modules, warn=lambda msg: None)
+        except UkvmError as e:
+            assert "\n" not in str(e), (edit.description, str(e))
+            return
+        try:
+            stop = threading.Timer(2, clone.request_stop)
+            stop.start()
+            status = clone.run()
+            assert status is None or 0 <= status <= 255
+        except UkvmError as e:
+            assert "\n" not in str(e), (edit.description, str(e))
+        finally:
+            if stop is not None:
+                stop.cancel()
+            clone.close()
+    finally:
+        snap.close()
+        path.unlink()

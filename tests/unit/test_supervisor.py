@@ -97,19 +97,49 @@ U64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 5, 99, sv.SV_S
                                                          sv.SV_STACK_TOP - 0x100, sv.SV_DF_STACK_TOP - 8]))
 
 
+def expected_report(f: dict) -> tuple[str, str]:
+    """(the message's start, its end) for the report in state `f`: each reason names its own
+    numbers (a report read from the wrong field, or worded by another branch, fails)."""
+    reason, rip, arg = f["report_reason"], f["report_rip"], f["report_arg"]
+    if reason == sv.SV_REPORT_SHUTDOWN:
+        return f"KVM: unhandled exit: exit_reason=0x8, rip={rip:#x}", ""
+    if reason == sv.SV_REPORT_HLT:
+        return f"KVM: unhandled exit: exit_reason=0x5, rip={rip + 1:#x}", ""
+    if reason == sv.SV_REPORT_PORT_IO:
+        return f"Invalid guest port access: port={arg:#x}", ""
+    if reason == sv.SV_REPORT_UNSUPPORTED:
+        shown = f["report_insn"].to_bytes(8, "little")[:min(arg, 8)]
+        return (f"supervisor: privileged instruction not emulated at rip={rip:#x} (bytes {shown.hex(' ')})",
+                "run this guest at CPL0 with --x-guest-cpl=0")
+    if reason == sv.SV_REPORT_INTERNAL:
+        return (f"supervisor: internal fault: vector {f['report_vector']} ec={f['report_ec']:#x} rip={rip:#x} "
+                f"cr2={arg:#x}", "")
+    return f"supervisor: unknown report {reason}", ""
+
+
+REASON = st.one_of(st.sampled_from([sv.SV_REPORT_SHUTDOWN, sv.SV_REPORT_HLT, sv.SV_REPORT_PORT_IO,
+                                    sv.SV_REPORT_UNSUPPORTED, sv.SV_REPORT_INTERNAL]), U64)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(U64, min_size=len(sv.STATE_FIELDS), max_size=len(sv.STATE_FIELDS)),
+@given(st.lists(U64, min_size=len(sv.STATE_FIELDS), max_size=len(sv.STATE_FIELDS)), REASON,
        st.binary(min_size=sv.FRAME.size, max_size=sv.FRAME.size))
-def test_reports_from_any_supervisor_state(fields, frame_bytes):
-    # Whatever the supervisor's page and stacks hold, a report becomes one GuestFault and the
-    # saved-frame reader returns registers or None: nothing else is raised.
+def test_reports_from_any_supervisor_state(fields, reason, frame_bytes):
+    # Whatever the supervisor's page and stacks hold, a report becomes one GuestFault whose one
+    # line is the reason's message with the state's numbers, and the saved-frame reader returns
+    # registers or None: nothing else is raised.
+    fields[sv.STATE_FIELDS.index("report_reason")] = reason
     mem = GuestMemory(2 * MIB)
     try:
         mem.host_write(sv.SV_STATE, sv.STATE.pack(*fields))
-        frame = dict(zip(sv.STATE_FIELDS, fields))["report_frame"]
+        state = dict(zip(sv.STATE_FIELDS, fields))
+        frame = state["report_frame"]
         if sv.SV_STACK_BASE <= frame <= sv.SV_DF_STACK_TOP - sv.FRAME.size:
             mem.host_write(frame, frame_bytes)
-        assert isinstance(sv.report_error(mem), GuestFault)
+        error = sv.report_error(mem)
+        start, end = expected_report(state)
+        assert type(error) is GuestFault and "\n" not in str(error)
+        assert str(error).startswith(start) and str(error).endswith(end), (str(error), start)
         regs = sv.reported_guest_regs(mem)
         assert regs is None or set(regs) >= {"rip", "rsp", "eflags", "rax", "r15"}
     finally:
