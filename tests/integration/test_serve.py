@@ -176,7 +176,9 @@ def test_no_leak_after_2000_requests(served):
     run = s.client("conc", "2000", "8", "/leak/")
     assert run["ok"] == 2000, run["errors"]
     fds1, maps1, rss1 = s.usage()
-    assert fds1 == fds0 and maps1 == maps0, (fds0, maps0, fds1, maps1)
+    # One more mapping is the allocator's next 1 MiB arena when it lands where it cannot merge
+    # with its neighbour (seen with serve confined: docs/security.md); RSS bounds the growth.
+    assert fds1 == fds0 and maps0 <= maps1 <= maps0 + 1, (fds0, maps0, fds1, maps1)
     assert rss1 - rss0 < 8 * 1024, (rss0, rss1)              # KiB: no per-request growth
     status, out = s.stop()
     assert status == 0, out

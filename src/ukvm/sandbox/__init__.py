@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ukvm.sandbox.bpf import SandboxError, compile_needs, install
 
-__all__ = ["SandboxError", "sandbox_vm", "confine_snapshot_run", "confine_serve"]
+__all__ = ["SandboxError", "sandbox_vm", "confine_snapshot_run", "confined_start"]
 
 
 def sandbox_vm(vm) -> None:
@@ -34,7 +34,7 @@ def confine_snapshot_run(vm, writer) -> None:
     install(compile_needs(snapshot_run_needs(vm, writer)))
 
 
-def confine_serve(server, user: str | None = "nobody") -> None:
-    """`ukvm serve`, once set up (see serve_confinement.py)."""
-    from ukvm.sandbox.serve_confinement import confine_serve as confine
-    confine(server, user)
+def confined_start(server, user: str | None = None, sandboxed: bool = True) -> None:
+    """`ukvm serve`: server.start() between the two steps of confinement (serve_confinement.py)."""
+    from ukvm.sandbox.serve_confinement import confined_start as start
+    start(server, user, sandboxed)

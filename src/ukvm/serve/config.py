@@ -31,10 +31,11 @@ device and listens on IP:PORT; ARGS are its command line. A TAP (--tap, default 
 routes) is created for the guests and removed at exit.
   --pool=N         clones serving at once (default 4); more connections wait, at most --max-waiting (256)
   --deadline=S     a connection (waiting included) ends after S seconds (default 10)
-  --metrics=H:P    Prometheus metrics at http://H:P/metrics"""
+  --metrics=H:P    Prometheus metrics at http://H:P/metrics
+  --user=NAME      the user serve runs as once set up (default nobody; docs/security.md)"""
 
 OPTIONS = ("mem", "pool", "listen", "guest", "host-ip", "metrics", "deadline", "max-waiting", "tap",
-           "x-guest-cpl")
+           "x-guest-cpl", "user")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,8 @@ class ServeConfig:
     max_waiting: int = DEFAULT_MAX_WAITING
     tap_name: str | None = None
     guest_cpl: str = "auto"
+    user: str = "nobody"                   # who serve is once set up (sandbox)
+    no_sandbox: bool = False               # --x-no-sandbox: debugging only, unconfined
 
     def __post_init__(self):
         if self.guest_ip not in self.host.network or self.guest_ip == self.host.ip \
@@ -79,6 +82,9 @@ class ServeConfig:
         for i, arg in enumerate(argv):
             if arg in ("-h", "--help"):
                 return None
+            if arg == "--x-no-sandbox":
+                opts["x-no-sandbox"] = ""
+                continue
             if arg == "--" or not arg.startswith("-"):
                 rest = argv[i + 1:] if arg == "--" else argv[i:]
                 break
@@ -111,7 +117,8 @@ class ServeConfig:
             metrics=parse_hostport(opts["metrics"], "--metrics") if "metrics" in opts else None,
             deadline_s=parse_seconds(opts, "deadline", DEFAULT_DEADLINE_S),
             max_waiting=parse_count(opts, "max-waiting", DEFAULT_MAX_WAITING),
-            tap_name=opts.get("tap"), guest_cpl=opts.get("x-guest-cpl", "auto"))
+            tap_name=opts.get("tap"), guest_cpl=opts.get("x-guest-cpl", "auto"),
+            user=opts.get("user", "nobody"), no_sandbox="x-no-sandbox" in opts)
 
 
 def parse_count(opts: dict[str, str], name: str, default: int) -> int:

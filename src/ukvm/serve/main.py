@@ -1,4 +1,4 @@
-"""serve/main.py: `ukvm serve ARGS`: configuration, set-up, (confinement,) the loop, the drain."""
+"""serve/main.py: `ukvm serve ARGS`: configuration, set-up and confinement, the loop, the drain."""
 from __future__ import annotations
 
 import signal
@@ -15,6 +15,7 @@ SWITCH_INTERVAL_S = 0.0005
 
 def serve_main(argv: list[str]) -> int:
     """`ukvm serve ...`; returns the exit status (0 after a drain on SIGTERM or SIGINT)."""
+    from ukvm.sandbox import confined_start
     from ukvm.serve.server import Server
     err = sys.stderr
     try:
@@ -30,12 +31,12 @@ def serve_main(argv: list[str]) -> int:
     server = Server(config)
     try:
         try:
-            server.start()        # TAP, sockets, snapshot, clones: everything the loop will use
+            # TAP, sockets, snapshot, clones: everything the loop will use; then confined (one call).
+            confined_start(server, config.user, not config.no_sandbox)
         except UkvmError as e:
             print(f"ukvm serve: {e}", file=err)
             return 1
-        # Confinement goes here, as one call: nothing after this point opens a file or makes a
-        # KVM object (serve/server.py).
+        # Confined from here on: nothing after this point opens a file or makes a KVM object.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         signal.signal(signal.SIGTERM, lambda *_: server.request_drain())
         signal.signal(signal.SIGINT, lambda *_: server.request_drain())

@@ -1,0 +1,94 @@
+"""`ukvm serve` confined once set up (issue 18): another user, no capabilities, no_new_privs,
+seccomp on every thread, an empty root in a mount namespace of its own; answers and metrics as
+unconfined. Runs in the network namespace test_serve.py makes; every wait is bounded."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_serve import Served, httpd, metric  # noqa: F401  (httpd: the session fixture)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TAPs need root")
+
+
+def status_of(path: str) -> dict:
+    with open(path) as f:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+
+
+def user_threads(pid: int) -> list[dict]:
+    """/proc status of every thread of `pid` that runs our code: KVM's NX-recovery workers
+    (kvm-nx-lpage-re) are kernel tasks in the thread group that never return to user space."""
+    threads = [status_of(f"/proc/{pid}/task/{tid}/status") for tid in os.listdir(f"/proc/{pid}/task")]
+    return [t for t in threads if not t["Name"].startswith("kvm-")]
+
+
+@pytest.fixture
+def serve(httpd):  # noqa: F811
+    servers = []
+
+    def start(*options):
+        s = Served(httpd, *options)
+        servers.append(s)
+        return s
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_every_thread_is_confined_while_serving(serve):
+    s = serve("--pool=3")
+    first = s.client("seq", "20", "/a/")                    # the clones' threads have all run
+    assert first["ok"] == 20 and first["served"] == [1], first["errors"]
+    pid = s.proc.pid
+    main = status_of(f"/proc/{pid}/status")
+    threads = user_threads(pid)
+    assert len(threads) >= 1 + 3 + 1                         # loop, one per clone, metrics
+    for t in [main, *threads]:
+        assert t["Seccomp"] == "2" and t["NoNewPrivs"] == "1", t
+        assert t["Uid"].split() == ["65534"] * 4 and t["Gid"].split() == ["65534"] * 4, t   # nobody/nogroup
+        assert t["Groups"] == "", t
+        for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert t[caps] == "0000000000000000", (caps, t)
+    assert os.listdir(f"/proc/{pid}/root") == []             # an empty root ...
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")   # ... in its own namespace
+    with open(f"/proc/{pid}/mountinfo") as f:
+        mounts = f.read().splitlines()
+    assert len(mounts) == 1 and " / / ro," in mounts[0] and "tmpfs" in mounts[0], mounts
+    assert os.stat(f"/proc/{pid}/fd").st_uid == 0            # not dumpable: /proc/PID/* stays root's
+    # Still answering, each request in a fresh clone, and the metrics (a thread per scrape) work.
+    for _ in range(3):
+        assert metric(s.metrics(), "ukvm_requests_total", outcome="ok") >= 20
+    more = s.client("conc", "60", "6", "/b/")
+    assert more["ok"] == 60 and more["served"] == [1], more["errors"]
+    assert metric(s.settled_metrics(), "ukvm_requests_total", outcome="ok") == 80
+    code, out = s.stop()
+    assert code == 0, out                                    # the drain and the exit, confined too
+    assert "drained: 80 requests served, 0 clone failures" in out
+
+
+def test_user_option(serve):
+    s = serve("--pool=1", "--user=daemon")
+    assert s.client("seq", "2", "/")["ok"] == 2
+    main = status_of(f"/proc/{s.proc.pid}/status")
+    assert main["Uid"].split()[0] == "1" and main["Seccomp"] == "2"      # Debian's daemon
+    code, out = s.stop()
+    assert code == 0, out
+
+
+def test_no_sandbox_switch_says_so(serve):
+    s = serve("--pool=1", "--x-no-sandbox")
+    assert s.client("seq", "3", "/")["ok"] == 3
+    main = status_of(f"/proc/{s.proc.pid}/status")
+    assert main["Seccomp"] == "0" and main["Uid"].split()[0] == "0"
+    code, out = s.stop()
+    assert code == 0 and "WARNING: --x-no-sandbox: serve runs as root, unconfined" in out, out
+
+
+@pytest.mark.parametrize("user, message", [("no-such-user-ukvm", "--user no-such-user-ukvm: no such user"),
+                                           ("root", "--user root: must not be root or in group root")])
+def test_bad_user_is_one_line_before_anything(httpd, user, message):  # noqa: F811
+    p = subprocess.run([sys.executable, "-m", "ukvm", "serve", "--listen=127.0.0.1:1", "--guest=10.0.0.2:80",
+                        f"--user={user}", httpd], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr == f"ukvm serve: {message}\n", p.stderr
