@@ -1,16 +1,17 @@
-"""modules: pluggable tender modules (core, block, net), in upstream's order.
+"""modules: pluggable tender modules (core, block, net, gdb, dumpcore, trace, profile).
 
 A module declares its command-line options as rows of the options layer (`options`, see
 ukvm.options; `--block:NAME=PATH`, `--gdb` ...) and applies each value it is given in
-set_option; it registers its hypercalls and poll fds in
-setup(), runs hooks on halt, and releases what it opened in close(). The VM knows modules only
-through this interface, so devices plug in without touching the core.
+set_option; it registers its hypercalls and poll fds in setup(), runs hooks on halt, and
+releases what it opened in close(). The VM knows modules only through this interface, so
+devices plug in without touching the core.
 
-Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm imports the modules, and the
-tender imports only what a run needs (docs/performance.md).
+Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm imports the
+modules, and the tender imports only what a run needs (docs/performance.md).
 
-May import: ukvm.errors, ukvm.hvt_abi, ukvm.options, ukvm.kvm, ukvm.machine (memory, manifest, vcpu),
-ukvm.sandbox.needs (the words to declare what each module needs). Never a front end.
+May import: ukvm.errors, ukvm.hvt_abi, ukvm.options, ukvm.kvm, ukvm.machine (memory, manifest,
+vcpu; supervisor for trace's counts and dumpcore's registers), ukvm.sandbox.needs (the words to
+declare what each module needs). Never a front end (tests/unit/test_layers.py checks it).
 """
 from __future__ import annotations
 
