@@ -315,3 +315,12 @@ GUEST_CPL = Option("x-guest-cpl", "privilege level of the guest's code; auto: 3 
                    "ukvm build, and for other guests under ukvm's supervisor where the host emulates CPL0",
                    choice(*GUEST_CPL_CHOICES), metavar="auto|0|3", default="auto", usage_on_error=True)
 HELP = Option("help", "display this help", aliases=("-h",))      # gnu tables; solo5-hvt has no -h
+
+# The device rows of the block and net modules, here so that the oci runtime can write a tender
+# command line with them (Option.render) without importing the modules.
+BLOCK = Option("block", "attach block device/file at PATH as block storage NAME", text(4096),
+               metavar="PATH", device=True, on_error=DECLINE)
+NET = Option("net", "attach tap at IFACE or at fd NN as network NAME", text(4096), metavar="IFACE|@NN",
+             device=True, on_error=DECLINE)
+NET_MAC = Option("net-mac", "set HWADDR for network NAME", parse_mac, metavar="HWADDR", device=True,
+                 on_error=DECLINE)

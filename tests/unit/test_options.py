@@ -199,3 +199,18 @@ def test_module_declines_and_malformed_values(tmp_path):
     assert gdb.handle_arg("--gdb-port=0") and gdb.port == 0
     with pytest.raises(UsageError, match="^Malformed argument to --gdb-port$"):
         gdb.handle_arg("--gdb-port=65536")
+
+
+def test_the_runtime_renders_what_the_modules_parse():
+    """ukvm-oci writes the tender's command line with the same rows the modules read it with."""
+    from ukvm.modules.block import BlockModule
+    from ukvm.modules.net import NetModule
+    from ukvm.options import BLOCK, MEM, NET, NET_MAC
+    assert BlockModule.option_table().match(BLOCK.render("/proc/self/fd/5", "rootfs")) == (BLOCK, "rootfs",
+                                                                                           "/proc/self/fd/5")
+    hit = NetModule.option_table().match(NET_MAC.render("02:00:00:00:00:01", "service"))
+    assert hit[0] is NET_MAC and NET_MAC.parse(hit[2]) == bytes([2, 0, 0, 0, 0, 1])
+    assert NetModule.option_table().match(NET.render("tap0", "service"))[1:] == ("service", "tap0")
+    from ukvm.cli.run import CORE_OPTIONS
+    opt, _, value = CORE_OPTIONS.match(MEM.render(64))
+    assert CORE_OPTIONS.convert(opt, value) == 64 << 20

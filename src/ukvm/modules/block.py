@@ -13,7 +13,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError
 from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, Entry
 from ukvm.modules import Module
-from ukvm.options import DECLINE, Option, integer, text
+from ukvm.options import BLOCK, DECLINE, Option, integer
 
 DEFAULT_BLOCK_SIZE = 512
 MAX_PATH = 4096
@@ -32,8 +32,7 @@ class BlockDevice:
 class BlockModule(Module):
     name = "block"
     options = (
-        Option("block", "attach block device/file at PATH as block storage NAME", text(MAX_PATH),
-               metavar="PATH", device=True, on_error=DECLINE),
+        BLOCK,
         Option("block-sector-size", "set sector size of block device NAME; power of two >= 512",
                integer(0, 0xFFFF), metavar="SIZE", device=True, on_error=DECLINE),
     )

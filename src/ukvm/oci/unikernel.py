@@ -128,11 +128,12 @@ class Unikernel:
 
     def tender_argv(self, mem_mib: int, net: dict | None, boot: list[str]) -> list[str]:
         """`ukvm run` for this unikernel; `boot` starts the interpreter with ukvm importable."""
-        argv = [*boot, "run", f"--mem={mem_mib}"]
-        argv += [f"--block:{name}={path}" for name, path in self.blocks.items()]
+        from ukvm.options import BLOCK, MEM, NET, NET_MAC      # the rows `ukvm run` parses them with
+        argv = [*boot, "run", MEM.render(mem_mib)]
+        argv += [BLOCK.render(path, name) for name, path in self.blocks.items()]
         cmdline = self.cmdline
         if self.nics and net is not None:
-            argv += [f"--net:{self.nics[0]}={net['tap']}", f"--net-mac:{self.nics[0]}={net['mac']}"]
+            argv += [NET.render(net["tap"], self.nics[0]), NET_MAC.render(net["mac"], self.nics[0])]
             if net.get("ip"):       # the pod's address, passed as urunc passes it to Solo5 guests
                 gateway = f" --ipv4-gateway={net['gateway']}" if net.get("gateway") else ""
                 cmdline = f"--ipv4={net['ip']}{gateway} {cmdline}".strip()

@@ -13,7 +13,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import HostIOError, UsageError
 from ukvm.machine.manifest import MFT_DEV_NET_BASIC, Entry
 from ukvm.modules import Module
-from ukvm.options import DECLINE, BadValue, Option, choice, text
+from ukvm.options import DECLINE, NET, NET_MAC, BadValue, Option, choice
 from ukvm.options import parse_mac as _parse_mac
 from ukvm.modules.net.backend import NetBackend
 from ukvm.machine.vcpu import host_emulates_cpl0
@@ -56,10 +56,8 @@ def generated_mac() -> bytes:
 class NetModule(Module):
     name = "net"
     options = (
-        Option("net", "attach tap at IFACE or at fd NN as network NAME", text(4096), metavar="IFACE|@NN",
-               device=True, on_error=DECLINE),
-        Option("net-mac", "set HWADDR for network NAME", _parse_mac, metavar="HWADDR", device=True,
-               on_error=DECLINE),
+        NET,
+        NET_MAC,
         Option("net-ring", "offer the v0.12 shared ring; auto: on, except for guests whose code runs "
                "at CPL0 on a host that emulates CPL0 (kvm_pvm)", choice("auto", "on", "off"),
                metavar="auto|on|off", default="auto", on_error=DECLINE),
