@@ -1,11 +1,12 @@
 """http_client.py: the host side of the serve tests, run inside the test's network namespace.
 
-`python3 http_client.py HOST PORT MODE ...` prints one JSON object:
+`python3 http_client.py [--mirage] HOST PORT MODE ...` prints one JSON object:
   seq N PATH         N requests one after another
   conc N C PATH      N requests, C at a time (threads)
   get PATH           one request; its status line and body (or the error)
-Every response is checked against what the lwIP example must answer (examples/httpd/httpd.c);
-every socket has a timeout.
+Every response is checked against what the lwIP example must answer (examples/httpd/httpd.c), or
+with --mirage what ../shared/ocaml-mirage/mirage_http8080.hvt answers (its README); every socket
+has a timeout.
 """
 import json
 import re
@@ -18,7 +19,12 @@ BODY_SIZE = 1900
 TIMEOUT_S = 15
 
 
+MIRAGE = False          # --mirage: the MirageOS example's answer
+
+
 def expected_body(path: str, served: int) -> bytes:
+    if MIRAGE:
+        return f"mirage example: served by this VM instance: {served}\n".encode()
     head = f"ukvm lwIP httpd\nrequests served by this VM instance: {served}\npath: {path}\n".encode()
     filler = bytes(ord("a") + i % 26 for i in range(len(head), BODY_SIZE - 1))
     return head + filler + b"\n"
@@ -58,6 +64,10 @@ def check(host: str, port: int, path: str) -> tuple[bool, int, float, str]:
 
 
 def main() -> None:
+    global MIRAGE
+    if sys.argv[1] == "--mirage":
+        MIRAGE = True
+        del sys.argv[1]
     host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     results = []
     started = time.perf_counter()

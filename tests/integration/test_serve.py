@@ -49,11 +49,11 @@ def httpd_solo5(tmp_path_factory) -> Path:
 class Served:
     """`ukvm serve` running in its own namespace; close() sends SIGTERM and checks the drain."""
 
-    def __init__(self, image: Path, *options: str):
+    def __init__(self, image: Path, *options: str, guest_port: int = 80, guest_args=()):
         self.ns = Netns()
         self.proc = self.ns.popen(sys.executable, "-m", "ukvm", "serve", f"--listen=127.0.0.1:{LISTEN_PORT}",
-                                  "--guest=10.0.0.2:80", "--host-ip=10.0.0.1/24", "--mem=64",
-                                  "--metrics=127.0.0.1:9100", *options, image)
+                                  f"--guest=10.0.0.2:{guest_port}", "--host-ip=10.0.0.1/24", "--mem=64",
+                                  "--metrics=127.0.0.1:9100", *options, "--", image, *guest_args)
         self.output = b""
         deadline = time.monotonic() + 60
         while b"ukvm serve: listening" not in self.output:
@@ -61,8 +61,9 @@ class Served:
             assert line and time.monotonic() < deadline, self.output.decode(errors="replace")
             self.output += line
 
-    def client(self, *args: str) -> dict:
-        p = self.ns.run(sys.executable, CLIENT, "127.0.0.1", str(LISTEN_PORT), *args, timeout=600)
+    def client(self, *args: str, mirage: bool = False, script: Path = CLIENT) -> dict:
+        p = self.ns.run(sys.executable, script, *(["--mirage"] if mirage else []), "127.0.0.1", str(LISTEN_PORT),
+                        *args, timeout=600)
         assert p.returncode == 0, p.stdout.decode(errors="replace")
         return json.loads(p.stdout)
 

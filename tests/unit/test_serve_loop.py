@@ -44,6 +44,7 @@ class Relayed:
         self.up_near, self.guest = tcp_pair()
         self.conn = Connection(self.client_near, time.perf_counter(), time.monotonic() + 10)
         self.conn.upstream = self.up_near
+        self.conn.connected = True
 
     def step(self, side, events=READ | WRITE):
         wait_readable(self.client_near if side == "client" else self.up_near) if events == READ else None
@@ -87,6 +88,58 @@ def test_the_guest_may_close_first_and_the_client_go_on_sending():
     assert r.guest.recv(100) == b"more"
     r.client.close()
     assert r.step("client", READ) == "ok"
+
+
+def test_a_client_that_closes_at_once_waits_for_the_guest_connection():
+    """A half-close passed on while the connection to the guest is still being made would abort
+    it (a SYN_SENT socket shut down is closed): it waits until that connection is established."""
+    client_near, client = tcp_pair()
+    with socket.create_server(("127.0.0.1", 0)) as guest_listener:
+        up = socket.socket()
+        up.setblocking(False)
+        assert up.connect_ex(guest_listener.getsockname()) in (0, 115)     # EINPROGRESS
+        conn = Connection(client_near, 0, 0)
+        conn.upstream = up
+        client.shutdown(socket.SHUT_WR)
+        wait_readable(client_near)
+        assert relay.pump(conn, READ, True) is None and conn.client_eof
+        assert not conn.shut_upstream                       # not yet: still connecting
+        assert relay.interest(conn, False) & WRITE
+        import select
+        assert select.select([], [up], [], 5)[1]
+        assert relay.pump(conn, WRITE, False) is None
+        assert conn.connected and conn.shut_upstream        # now the FIN follows
+        guest, _ = guest_listener.accept()
+        guest.settimeout(5)
+        assert guest.recv(10) == b""                        # the guest sees a clean EOF, no reset
+        guest.sendall(b"bye")
+        guest.close()
+        wait_readable(up)
+        assert relay.pump(conn, READ, False) is None
+        assert relay.pump(conn, WRITE, True) is None and conn.to_client == bytearray()
+        wait_readable(up)
+        assert relay.pump(conn, READ, False) == "ok"
+        assert client.recv(10) == b"bye"
+        up.close()
+        client_near.close()
+        client.close()
+
+
+def test_a_guest_that_refuses_the_connection_ends_it():
+    client_near, client = tcp_pair()
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]                           # closed again: nothing listens there
+    up = socket.socket()
+    up.setblocking(False)
+    up.connect_ex(("127.0.0.1", port))
+    conn = Connection(client_near, 0, 0)
+    conn.upstream = up
+    import select
+    assert select.select([up], [up], [], 5) != ([], [], [])
+    assert relay.pump(conn, READ | WRITE, False) == "guest_error"
+    up.close()
+    client_near.close()
+    client.close()
 
 
 def test_a_reset_ends_the_connection_with_its_side():

@@ -20,8 +20,9 @@ from ukvm.machine.vm import VM
 
 
 class Clone:
-    def __init__(self, index: int, vm: VM, sock: socket.socket, report, cpus: set[int]):
+    def __init__(self, index: int, vm: VM, sock: socket.socket, report, cpus: set[int], nic_fd: int = -1):
         self.index = index
+        self.nic_fd = nic_fd             # the guest's end of `sock` (owned by the VM's net module)
         self.cpus = cpus
         self.vm = vm
         self.sock = sock                 # the switch's end of the clone's NIC
@@ -55,6 +56,7 @@ class Clone:
                 outcome = ("fault", _describe(e))
             if self.closing:
                 return
+            self._discard_frames()
             t0 = time.perf_counter()
             try:
                 self.vm.reset()
@@ -64,6 +66,20 @@ class Clone:
                 return
             self.vm.core.parked = True   # before the report: assign() may clear it at once
             self._report(self, outcome, reset_s, None)
+
+    def _discard_frames(self) -> None:
+        """Frames the ended run did not read belong to its connection: the next one must not see
+        them. (None can arrive after this: the loop stops routing to a connection before it
+        stops its clone.)"""
+        if self.nic_fd < 0:
+            return
+        for _ in range(100000):
+            try:
+                os.read(self.nic_fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
 
     def stop(self) -> None:
         self.closing = True

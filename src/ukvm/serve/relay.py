@@ -18,7 +18,7 @@ AGAIN = object()
 
 class Connection:
     __slots__ = ("client", "upstream", "clone", "port", "deadline", "started", "to_guest", "to_client",
-                 "client_eof", "guest_eof", "shut_upstream", "shut_client")
+                 "client_eof", "guest_eof", "shut_upstream", "shut_client", "connected")
 
     def __init__(self, client: socket.socket, started: float, deadline: float):
         self.client: socket.socket | None = client      # None once the connection is finished
@@ -31,6 +31,7 @@ class Connection:
         self.to_client = bytearray()
         self.client_eof = self.guest_eof = False
         self.shut_upstream = self.shut_client = False
+        self.connected = False                           # the upstream connection is established
 
     @property
     def finished(self) -> bool:
@@ -41,6 +42,12 @@ def pump(conn: Connection, events: int, client_side: bool) -> str | None:
     """Move bytes for one socket of `conn` after `events` on it; the connection's outcome when it
     is over, else None."""
     sock = conn.client if client_side else conn.upstream
+    if not client_side and not conn.connected:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return "guest_error"             # refused or unreachable: the guest did not answer
+        if not events & WRITE:
+            return None
+        conn.connected = True                # writable without an error: established
     if client_side:
         inbox, outbox, eof = conn.to_guest, conn.to_client, conn.client_eof
     else:
@@ -62,8 +69,9 @@ def pump(conn: Connection, events: int, client_side: bool) -> str | None:
 
 
 def progress(conn: Connection) -> str | None:
-    """Pass each half-close on once its direction is drained; "ok" once both are."""
-    if conn.client_eof and not conn.to_guest and not conn.shut_upstream:
+    """Pass each half-close on once its direction is drained; "ok" once both are. (A shutdown
+    before the upstream connection is established would abort it: it waits.)"""
+    if conn.client_eof and not conn.to_guest and not conn.shut_upstream and conn.connected:
         conn.shut_upstream = _shutdown(conn.upstream)
     if conn.guest_eof and not conn.to_client and not conn.shut_client:
         conn.shut_client = _shutdown(conn.client)
@@ -76,7 +84,7 @@ def interest(conn: Connection, client_side: bool) -> int:
         reading = not conn.client_eof and len(conn.to_guest) < BUFFER_LIMIT
         return (READ if reading else 0) | (WRITE if conn.to_client else 0)
     reading = not conn.guest_eof and len(conn.to_client) < BUFFER_LIMIT
-    return (READ if reading else 0) | (WRITE if conn.to_guest else 0)
+    return (READ if reading else 0) | (WRITE if conn.to_guest or not conn.connected else 0)
 
 
 def _recv(s: socket.socket):

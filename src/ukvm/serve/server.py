@@ -32,7 +32,7 @@ from ukvm.serve import relay
 from ukvm.serve.config import ServeConfig, parse_routes, route_clash
 from ukvm.serve.pool import Clone
 from ukvm.serve.relay import READ, WRITE, Connection
-from ukvm.serve.switch import DROP, FORWARD, NO_CONNECTION, QUEUE_FULL, REPLY, Switch
+from ukvm.serve.switch import AFTER_CONNECTION, FORWARD, NO_CONNECTION, QUEUE_FULL, REPLY, Switch
 from ukvm.serve.warmup import boot_and_snapshot
 
 DRAIN_GRACE_S = 5.0
@@ -195,7 +195,7 @@ class Server:
             raise
         vm.core.enable_wake()
         vm.enable_stats()
-        clone = Clone(index, vm, sock, self._clone_report, cpus)
+        clone = Clone(index, vm, sock, self._clone_report, cpus, backend.fd)
         self.clones.append(clone)
         self.idle.append(clone)
         self.sel.register(sock, READ, ("clone", clone))
@@ -374,8 +374,9 @@ class Server:
         elif key.events != events:
             self.sel.modify(sock, events, data)
 
-    def _finish(self, conn: Connection, outcome: str) -> None:
-        """Close the connection's sockets and stop its clone; counted once."""
+    def _finish(self, conn: Connection, outcome: str, stop_clone: bool = True) -> None:
+        """Close the connection's sockets and stop its clone (unless its run is over already:
+        a stop then would end the clone's next run); counted once."""
         if conn.finished:
             return
         client, up = conn.client, conn.upstream
@@ -401,7 +402,8 @@ class Server:
         if conn.clone is not None:
             if self.by_port.get(conn.port) is conn:
                 del self.by_port[conn.port]
-            conn.clone.vm.request_stop()
+            if stop_clone:
+                conn.clone.vm.request_stop()
         else:
             try:
                 self.waiting.remove(conn)
@@ -440,12 +442,13 @@ class Server:
                 continue            # stopped while parked: nothing to account for
             self._run_failed(clone, kind, detail)
             if conn is not None:
-                self._finish(conn, "guest_" + kind)
+                self._finish(conn, "guest_" + kind, stop_clone=False)
                 if self.metrics:
                     self.metrics.in_use.dec()
             if kind == "broken":
                 self._retire(clone)
                 continue
+            self._discard_stale_frames(clone)
             self.counts["resets"] += 1
             self.reset_seconds.append(reset_s)
             if self.metrics:
@@ -455,6 +458,16 @@ class Server:
                 self.idle.append(clone)
             while self.waiting and self.idle:
                 self._start_connection(self.waiting.popleft(), self.idle.popleft())
+
+    def _discard_stale_frames(self, clone: Clone) -> None:
+        """What the clone sent for its last connection and the switch has not read yet: never to
+        be taken for its next connection's."""
+        for _ in range(FRAME_BATCH * 16):
+            try:
+                clone.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            self._dropped("clone", AFTER_CONNECTION)
 
     def _run_failed(self, clone: Clone, kind: str, detail) -> None:
         if kind in ("halt", "fault", "broken"):

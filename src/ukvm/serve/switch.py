@@ -31,6 +31,7 @@ NO_CONNECTION = "no_connection"          # from the TAP: no clone serves that po
 SPOOFED = "spoofed_source"               # a clone's frame that is not from the guest's MAC
 NOT_OWN_CONNECTION = "not_own_connection"
 QUEUE_FULL = "queue_full"                # the receiver's queue is full (TCP retransmits)
+AFTER_CONNECTION = "after_connection"    # sent by a clone for a connection already over (serve drops these)
 
 
 class Switch:

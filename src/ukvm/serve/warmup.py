@@ -5,8 +5,9 @@ its first idle POLL the warm-up begins. A SYN from the host's address (on a port
 uses) is sent to the guest's port, again at growing intervals until the guest answers it with a
 SYN-ACK; every ARP request the guest makes for the host is answered as the switch will answer
 it. The SYN-ACK shows that the listener exists and that the guest knows the host's MAC; the
-half-open connection is then reset, so the application never sees it (it accepts only complete
-handshakes). Once the guest has read the reset and waits again with nothing pending (the next
+half-open connection is then reset (RST with ACK: MirageOS's stack ignores a bare RST in
+SYN-RECEIVED and would retransmit its SYN-ACK from every clone), so the application never sees
+it (it accepts only complete handshakes). Once the guest has read the reset and waits again with nothing pending (the next
 idle POLL), the snapshot is taken: every clone starts with the listener up and the host in its
 ARP cache, and answers a client's first SYN at once. Nothing here knows which guest it runs.
 """
@@ -111,7 +112,7 @@ def _handshake(sock, switch: Switch, result: dict) -> None:
                 continue                                 # announcements, neighbour discovery
             if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK and tcp.ack == (isn + 1) & 0xFFFFFFFF:
                 sock.send(tcp_frame(switch.tap_mac, switch.guest_mac, switch.host_ip, switch.guest_ip, port,
-                                    switch.guest_port, isn + 1, 0, TCP_RST))
+                                    switch.guest_port, isn + 1, tcp.seq + 1, TCP_RST | TCP_ACK))
                 return
             if tcp.flags & TCP_RST:                      # no listener yet: try again later
                 break
