@@ -32,6 +32,7 @@ LAUNCHER = ROOT / "bin" / "ukvm-hvt"
 # The launcher started by the real interpreter: `python3` on PATH may be a shim (pyenv's adds
 # tens of ms to every start), so what is timed is the tender, not the shim.
 TENDER = [sys.executable, "-I", "-S", str(LAUNCHER)]
+MIRAGE_HTTP = ROOT.parent / "shared" / "ocaml-mirage" / "mirage_http8080.hvt"   # issue 22 (../shared)
 GUEST_CFLAGS = "--cflags=-mgeneral-regs-only"
 ROWS: list[dict] = []
 
@@ -580,10 +581,11 @@ def _percentile(sorted_values, q) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
 
 
-def _http_load(ns, host, n, conc=None) -> dict:
+def _http_load(ns, host, n, conc=None, port=80, mirage=False) -> dict:
     """The test suite's HTTP client inside `ns`: (p50 ms, p99 ms, requests/s)."""
     args = ["seq", n, "/b/"] if conc is None else ["conc", n, conc, "/b/"]
-    out = ns.run(sys.executable, ROOT / "tests" / "integration" / "http_client.py", host, 80, *args, timeout=900)
+    out = ns.run(sys.executable, ROOT / "tests" / "integration" / "http_client.py", *(["--mirage"] if mirage else []),
+                 host, port, *args, timeout=900)
     res = json.loads(out.stdout)
     assert res["ok"] == n, res["errors"]
     lat = sorted(res["seconds"])
@@ -591,18 +593,19 @@ def _http_load(ns, host, n, conc=None) -> dict:
     return {"p50": _percentile(lat, 0.5) * 1e3, "p99": _percentile(lat, 0.99) * 1e3, "rps": rate}
 
 
-def _long_running(ns, tender, image, n, conc) -> tuple[dict, dict]:
+def _long_running(ns, tender, image, n, conc, nic="service0", port=80, guest_args=(), mirage=False):
     """One server for every request: sequential and concurrent figures."""
     t_net = _net_helpers()
-    proc = ns.popen(*tender, "--net:service0=tap0", image)
+    proc = ns.popen(*tender, f"--net:{nic}=tap0", image, *guest_args)
     try:
         for _ in range(600):              # bounded: up to 60 s for the first answer
-            if ns.run(sys.executable, "-c", "import socket;socket.create_connection(('10.0.0.2',80),timeout=0.5)",
+            if ns.run(sys.executable, "-c", f"import socket;socket.create_connection(('10.0.0.2',{port}),timeout=0.5)",
                       timeout=30).returncode == 0:
                 break
             assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
             time.sleep(0.1)
-        return _http_load(ns, "10.0.0.2", n), _http_load(ns, "10.0.0.2", n, conc) if conc else None
+        return (_http_load(ns, "10.0.0.2", n, port=port, mirage=mirage),
+                _http_load(ns, "10.0.0.2", n, conc, port=port, mirage=mirage) if conc else None)
     finally:
         proc.kill()
         t_net.finish(proc)
@@ -637,19 +640,19 @@ def _cold_per_request(ns, image, n) -> list[float]:
                                image, timeout=120).stdout.decode().split()[-1]) for _ in range(n))
 
 
-def _serve_figures(ns, image, n, conc, pool=4) -> tuple[dict, dict | None, dict]:
+def _serve_figures(ns, image, n, conc, pool=4, port=80, guest_args=(), mirage=False):
     """`ukvm serve` as users run it: sequential (and concurrent) load, then its drain summary.
     With one clone, each reset runs alone: the next connection waits for it."""
     proc = ns.popen(sys.executable, "-m", "ukvm", "serve", f"--pool={pool}", "--mem=64", "--listen=127.0.0.1:80",
-                    "--guest=10.0.0.2:80", image)
+                    f"--guest=10.0.0.2:{port}", "--", image, *guest_args)
     out = b""
     try:
         while b"ukvm serve: listening" not in out:
             line = proc.stdout.readline()
             assert line, out
             out += line
-        seq = _http_load(ns, "127.0.0.1", n)
-        par = _http_load(ns, "127.0.0.1", n, conc) if conc else None
+        seq = _http_load(ns, "127.0.0.1", n, mirage=mirage)
+        par = _http_load(ns, "127.0.0.1", n, conc, mirage=mirage) if conc else None
     finally:
         proc.terminate()
         out += proc.communicate(timeout=60)[0]
@@ -672,6 +675,9 @@ def bench_serve(work, quick):
     try:
         seq, par, serve = _serve_figures(ns, image, n, conc)
         _, _, alone = _serve_figures(ns, image, n // 2, None, pool=1)
+        mirage_args = ("--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1")
+        if MIRAGE_HTTP.exists():         # issue 22: a MirageOS unikernel, served (before tap0 takes 10.0.0.0/24)
+            m_seq, m_par, _ = _serve_figures(ns, MIRAGE_HTTP, n, conc, port=8080, guest_args=mirage_args, mirage=True)
         ns.tap("tap0", "10.0.0.1/24")
         long_seq, long_conc = _long_running(ns, [LAUNCHER, "--mem=64"], image, n, conc)
         long_hc, _ = _long_running(ns, [LAUNCHER, "--mem=64", "--net-ring=off"], image, n, None)
@@ -684,6 +690,11 @@ def bench_serve(work, quick):
                                         ["-O2", "-mgeneral-regs-only", "-fno-tree-loop-distribute-patterns",
                                          *httpd_build.include_flags(lwip)])   # solo5-hvt runs it at CPL0
             peer, _ = _long_running(ns, [solo5_sdk.SOLO5_HVT, "--mem=64"], sdk_image, 20, None)
+        mirage = None
+        if MIRAGE_HTTP.exists():         # the same MirageOS unikernel long-running
+            m_long, _ = _long_running(ns, [LAUNCHER, "--mem=64"], MIRAGE_HTTP, n, None, nic="service", port=8080,
+                                      guest_args=mirage_args, mirage=True)
+            mirage = m_seq, m_par, m_long
     finally:
         ns.close()
     row("serve", "fresh clone per request: p50", seq["p50"], "ms", long_seq["p50"], "long-running server p50")
@@ -704,6 +715,18 @@ def bench_serve(work, quick):
     if peer is not None:
         row("serve", "fresh clone per request: p50", seq["p50"], "ms", peer["p50"],
             "Solo5-built httpd on solo5-hvt, long-running")
+    if mirage is None:
+        print(f"serve     MirageOS figures skipped: {MIRAGE_HTTP} is absent", flush=True)
+        return
+    m_seq, m_par, m_long = mirage
+    row("serve", "MirageOS, fresh clone per request: p50", m_seq["p50"], "ms", seq["p50"], "lwIP example, same")
+    row("serve", "MirageOS, fresh clone per request: p99", m_seq["p99"], "ms", seq["p99"], "lwIP example, same")
+    row("serve", f"MirageOS, fresh clone: {conc} at once", m_par["rps"], "req/s", par["rps"], "lwIP example, same",
+        note=f"p50 {m_par['p50']:.1f} ms, p99 {m_par['p99']:.1f} ms")
+    row("serve", "MirageOS, fresh clone per request: p50", m_seq["p50"], "ms", m_long["p50"],
+        "MirageOS long-running (ukvm run)")
+    row("serve", "MirageOS, fresh clone per request: p99", m_seq["p99"], "ms", m_long["p99"],
+        "MirageOS long-running (ukvm run)")
 
 
 

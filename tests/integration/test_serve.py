@@ -209,6 +209,9 @@ def test_solo5_toolchain_build_is_served_too(served, httpd_solo5):
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--pool=0"], "--pool must be at least 1"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--host-ip=192.168.9.1/24"], "must be another address"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--bogus=1"], "invalid option: `--bogus=1'"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=nan"], "--deadline must be a finite number"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=0"], "--deadline must be a finite number"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=inf"], "--deadline must be a finite number"),
 ])
 def test_usage_errors_are_one_line(httpd, args, message):
     p = subprocess.run([sys.executable, "-m", "ukvm", "serve", *args, httpd], capture_output=True, text=True, timeout=60)
@@ -242,5 +245,42 @@ def test_unsuitable_unikernels_are_refused_in_one_line(guest, tmp_path):
             holder.wait(timeout=30)
         links = ns.run("ip", "-o", "link").stdout.decode()
         assert "ukvms" not in links, links           # the TAPs made for the failed starts are gone
+    finally:
+        ns.close()
+
+
+def test_a_host_network_that_clashes_with_a_route_is_refused_before_the_tap(httpd):
+    """The default --host-ip (10.0.0.1/24) inside a network the host already routes elsewhere."""
+    ns = Netns()
+    try:
+        ns.exec_ok("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        ns.exec_ok("ip", "addr", "add", "10.0.0.5/16", "dev", "d0")
+        ns.exec_ok("ip", "link", "set", "d0", "up")
+        ns.exec_ok("ip", "link", "set", "d1", "up")
+        p = ns.run(sys.executable, "-m", "ukvm", "serve", "--listen=127.0.0.1:8080", "--guest=10.0.0.2:80", httpd,
+                   timeout=60)
+        out = p.stdout.decode()
+        assert p.returncode == 1, out
+        assert out.strip() == ("ukvm serve: the default --host-ip 10.0.0.1/24 would clash with the host's route to "
+                               "10.0.0.0/16 on d0: choose a free network with --host-ip=IP/PREFIX and "
+                               "--guest=IP:PORT in it"), out
+        links = ns.run("ip", "-o", "link").stdout.decode()
+        assert "ukvms" not in links, links               # refused before any TAP was made
+        # Another network is accepted (and served) in the same namespace.
+        p = ns.popen(sys.executable, "-m", "ukvm", "serve", "--listen=127.0.0.1:8080", "--guest=10.9.0.2:80",
+                     "--host-ip=10.9.0.1/24", "--mem=64", "--", httpd, "--ipv4=10.9.0.2/24", "--ipv4-gateway=10.9.0.1")
+        try:
+            seen = b""
+            deadline = time.monotonic() + 60
+            while b"ukvm serve: listening" not in seen and time.monotonic() < deadline:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                seen += line
+            assert b"ukvm serve: listening" in seen, seen.decode(errors="replace")
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=60)
+        assert p.returncode == 0
     finally:
         ns.close()
