@@ -27,7 +27,8 @@ that connection is affected. SIGTERM stops accepting, lets the connections in fl
 
 The package: config (the command line, validated, pure), frames and switch (frames as bytes,
 pure), warmup (boot until ready, snapshot), pool (a clone and its thread), relay (one
-connection's bytes), metrics, server (set-up, then the loop), main (`ukvm serve`).
+connection's bytes), metrics, server (set-up and teardown), loop (the event loop), main
+(`ukvm serve`).
 
 A front end. May import machine, modules, sandbox and the units module; never cli or oci.
 """

@@ -114,8 +114,7 @@ def _handshake(sock, switch: Switch, result: dict) -> None:
                 sock.send(tcp_frame(switch.tap_mac, switch.guest_mac, switch.host_ip, switch.guest_ip, port,
                                     switch.guest_port, isn + 1, tcp.seq + 1, TCP_RST | TCP_ACK))
                 return
-            if tcp.flags & TCP_RST:                      # no listener yet: try again later
-                break
+            # Anything else (a reset: no listener yet) waits for the next attempt.
         interval = min(interval * 2, LAST_RETRY_S)
     raise WarmupError(f"the unikernel did not accept a connection on port {switch.guest_port} "
                       f"within {READY_TIMEOUT_S:.0f} s")
