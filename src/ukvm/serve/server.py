@@ -8,6 +8,7 @@ object, so the process can be confined between the two (the sandbox's one call, 
 """
 from __future__ import annotations
 
+import array
 import collections
 import os
 import selectors
@@ -30,6 +31,26 @@ from ukvm.serve.switch import Switch
 from ukvm.serve.warmup import boot_and_snapshot
 
 MTU = 1500
+RESET_SAMPLES = 20000
+
+
+class Samples:
+    """The last `size` values in a buffer allocated once: recording one allocates nothing, so a
+    long-running server does not grow with its request count."""
+
+    def __init__(self, size: int):
+        self.buf = array.array("d", bytes(8 * size))
+        self.count = 0
+
+    def append(self, value: float) -> None:
+        self.buf[self.count % len(self.buf)] = value
+        self.count += 1
+
+    def __len__(self) -> int:
+        return min(self.count, len(self.buf))
+
+    def values(self) -> array.array:
+        return self.buf[:len(self)]
 
 
 class ServeError(UkvmError):
@@ -60,7 +81,7 @@ class Server(EventLoop):
         self.drain_deadline = 0.0
         self.failure: str | None = None        # the server-level error that ended it, if any
         self.counts = collections.Counter()
-        self.reset_seconds: collections.deque[float] = collections.deque(maxlen=100000)   # for bench/
+        self.reset_seconds = Samples(RESET_SAMPLES)      # for the summary line (bench/)
         self.snapshot = None
         self.metrics = None
         self.switch: Switch | None = None
@@ -197,8 +218,8 @@ class Server(EventLoop):
         c = self.counts
         text = (f"{c['ok']} requests served, {sum(v for k, v in c.items() if k.startswith('failure_'))} "
                 f"clone failures, {c['rejected']} rejected")
-        if self.reset_seconds:
-            resets = sorted(self.reset_seconds)
+        if len(self.reset_seconds):
+            resets = sorted(self.reset_seconds.values())
             kept = sorted(clone.vm.pages_written * 4 for clone in self.clones) or [0]
             text += (f"; reset p50 {resets[len(resets) // 2] * 1e6:.0f} us, p99 "
                      f"{resets[int(len(resets) * 0.99)] * 1e6:.0f} us; each clone keeps {kept[len(kept) // 2]} KiB")
