@@ -1,15 +1,17 @@
 """`ukvm serve` confined once set up (issue 18): another user, no capabilities, no_new_privs,
 seccomp on every thread, an empty root in a mount namespace of its own; answers and metrics as
 unconfined. Runs in the network namespace test_serve.py makes; every wait is bounded."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import needs_kvm
 from test_serve import Served, httpd, metric  # noqa: F401  (httpd: the session fixture)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TAPs need root")
+pytestmark = [needs_kvm, pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TAPs need root")]
 
 
 def status_of(path: str) -> dict:
@@ -92,3 +94,68 @@ def test_bad_user_is_one_line_before_anything(httpd, user, message):  # noqa: F8
     p = subprocess.run([sys.executable, "-m", "ukvm", "serve", "--listen=127.0.0.1:1", "--guest=10.0.0.2:80",
                         f"--user={user}", httpd], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr == f"ukvm serve: {message}\n", p.stderr
+
+
+# --- hostile guests through serve --------------------------------------------------------------
+HOSTILE_MANIFEST = '{"type": "solo5.manifest", "version": 1, "devices": [{"name": "service0", "type": "NET_BASIC"}]}'
+HYPERCALL_ATTACKS = ["argptr", "dataptr", "overflow", "port", "cookie"]
+NET_ATTACKS = ["spoof", "arp", "flood"]
+
+# Inside the namespace: benign GET /ok from 3 threads for as long as the attacks take, the attacks
+# one after another meanwhile; one JSON line with what each got. Every socket has a timeout.
+HOSTILE_CLIENT = r"""
+import json, socket, sys, threading
+def get(path):
+    try:
+        with socket.create_connection(("127.0.0.1", 8080), timeout=15) as s:
+            s.sendall(b"GET /" + path.encode() + b" HTTP/1.0\r\n\r\n")
+            data = b""
+            while len(data) < 65536 and (chunk := s.recv(4096)):
+                data += chunk
+        return data.decode(errors="replace")
+    except OSError as e:
+        return "error: " + type(e).__name__
+done = threading.Event()
+benign = []
+def worker():
+    while not done.is_set() and len(benign) < 400:
+        benign.append(get("ok"))
+threads = [threading.Thread(target=worker) for _ in range(3)]
+for t in threads:
+    t.start()
+attacks = {a: get(a) for a in sys.argv[1:]}
+done.set()
+for t in threads:
+    t.join(60)
+print(json.dumps({"benign": benign, "attacks": attacks}))
+"""
+
+
+def test_hostile_guests_end_only_their_own_connection(guest):
+    image = guest("test_serve_hostile", HOSTILE_MANIFEST, cpl0=False)
+    s = Served(image, "--pool=3", "--deadline=3")
+    try:
+        attacks = HYPERCALL_ATTACKS + ["loop"] + NET_ATTACKS
+        p = s.ns.run(sys.executable, "-c", HOSTILE_CLIENT, *attacks, timeout=300)
+        assert p.returncode == 0, p.stdout
+        res = json.loads(p.stdout)
+        for name, answer in res["attacks"].items():
+            assert "200 OK" not in answer, (name, answer)          # the attacker's connection ended
+        assert len(res["benign"]) >= 10
+        for answer in res["benign"]:                                # everyone else: answered, fresh clone
+            assert answer.startswith("HTTP/1.0 200 OK") and answer.endswith("served 1\n"), answer
+        m = s.settled_metrics()
+        failures = {cause: metric(m, "ukvm_clone_failures_total", cause=cause) for cause in ("fault", "exit", "timeout")}
+        assert sum(failures.values()) == len(attacks), failures
+        assert failures["timeout"] == 1 and failures["exit"] >= len(NET_ATTACKS), failures
+        assert metric(m, "ukvm_requests_total", outcome="ok") == len(res["benign"])
+        from_clones = sum(v for (name, labels), v in m.items()
+                          if name == "ukvm_switch_dropped_frames_total" and ("source", "clone") in labels)
+        assert from_clones >= 400 + 50, m                          # spoofed and ARP frames, refused
+        main = status_of(f"/proc/{s.proc.pid}/status")
+        assert main["Seccomp"] == "2" and main["Uid"].split()[0] != "0"
+        code, out = s.stop()
+        assert code == 0, out
+        assert f"{len(res['benign'])} requests served, {len(attacks)} clone failures" in out, out
+    finally:
+        s.close()

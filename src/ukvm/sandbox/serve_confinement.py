@@ -23,11 +23,15 @@ from ukvm.sandbox.needs import Needs
 
 DEFAULT_USER = "nobody"
 # Imported before the filter: once confined no file can be opened, so no module can be imported.
-# (What the loop, the metrics server and the drain import lazily; tests/integration/test_sandbox_serve.py
-# serves, scrapes and drains under the filter to prove the list complete.)
+# What the loop, the metrics server and the drain may import lazily; a module is imported only
+# when its package is in use already (prometheus_client only with --metrics: it costs 5 MB).
+# tests/integration/test_sandbox_serve.py serves, scrapes and drains under the filter.
 PRELOAD = ("prometheus_client.exposition", "prometheus_client.openmetrics.exposition", "wsgiref.simple_server",
            "http.server", "email.utils", "urllib.parse", "gzip", "zlib", "encodings.idna", "encodings.latin_1",
            "socketserver", "selectors", "ukvm.machine.supervisor", "ukvm.serve.relay", "ukvm.serve.pool")
+NEEDED_FOR = {"wsgiref.simple_server": "prometheus_client", "http.server": "prometheus_client",
+              "email.utils": "prometheus_client", "gzip": "prometheus_client", "socketserver": "prometheus_client",
+              "encodings.idna": "prometheus_client"}
 
 
 def serve_parts(server) -> tuple[list, set[int], set[int]]:
@@ -49,6 +53,8 @@ def serve_needs(server) -> Needs:
 def _preload() -> None:
     import importlib
     for name in PRELOAD:
+        if NEEDED_FOR.get(name, name.split(".")[0]) not in sys.modules:
+            continue
         try:
             importlib.import_module(name)
         except ImportError:
