@@ -147,7 +147,9 @@ def test_hostile_guests_end_only_their_own_connection(guest):
         m = s.settled_metrics()
         failures = {cause: metric(m, "ukvm_clone_failures_total", cause=cause) for cause in ("fault", "exit", "timeout")}
         assert sum(failures.values()) == len(attacks), failures
-        assert failures["timeout"] == 1 and failures["exit"] >= len(NET_ATTACKS), failures
+        # The hypercall attacks fault; the spinner meets its deadline; the net attackers exit
+        # (or, on a loaded machine, a flood of 20000 exits can meet the deadline first).
+        assert failures["fault"] == len(HYPERCALL_ATTACKS) and failures["timeout"] >= 1, failures
         assert metric(m, "ukvm_requests_total", outcome="ok") == len(res["benign"])
         from_clones = sum(v for (name, labels), v in m.items()
                           if name == "ukvm_switch_dropped_frames_total" and ("source", "clone") in labels)
