@@ -3,16 +3,10 @@
 Starting a tender allocates only objects that live as long as it does (modules, classes, the VM),
 yet the garbage collector walks them all a few times on the way: ~0.8 ms of every cold start
 here (docs/performance.md). So the collector is off until the guest is about to run or another
-command starts (collect_from_now); what was made until then is frozen, never scanned again.
-A front end: imports ukvm.cli only once the collector is off."""
+command starts (ukvm.cli.collector.collect_from_now); what was made until then is frozen, never
+scanned again. Above the front ends: imports ukvm.cli only once the collector is off, and
+nothing imports this module but the entry points."""
 import gc
-
-
-def collect_from_now() -> None:
-    """The collector back on, for what the run or command allocates from here."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
 
 
 def main() -> int:

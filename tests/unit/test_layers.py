@@ -21,8 +21,7 @@ ALLOWED = {
     "toolchain": {"machine.manifest", "machine.supervisor", "machine"},
     "serve": {"machine", "modules", "sandbox", "units"},
     "oci": {"machine"},
-    "cli": {"kvm", "machine", "modules", "sandbox", "toolchain", "serve", "oci",
-            "start"},     # start.collect_from_now: the entry point's collector switch (perf)
+    "cli": {"kvm", "machine", "modules", "sandbox", "toolchain", "serve", "oci"},
     "start": {"cli"},
     "__main__": {"start"},
 }

@@ -13,7 +13,7 @@ import sys
 from ukvm import __version__
 from ukvm import hvt_abi as hvt
 from ukvm.cli.run import run_main
-from ukvm.start import collect_from_now
+from ukvm.cli.collector import collect_from_now
 
 
 def _prog() -> str:

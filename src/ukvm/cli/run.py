@@ -18,7 +18,7 @@ from ukvm.machine.vm import VM, Kernel
 from ukvm.modules import default_modules, module_classes
 from ukvm.options import GUEST_CPL, MEM, Option, OptionTable, choice, text
 from ukvm.sandbox import sandbox_vm
-from ukvm.start import collect_from_now
+from ukvm.cli.collector import collect_from_now
 
 CORE_OPTIONS = OptionTable([
     MEM,
