@@ -172,6 +172,7 @@ class FakeVM:
         self.stopped = threading.Event()
         self._run, self._reset = run, reset
         self.core = type("Core", (), {"parked": False})()
+        self.stats = type("Stats", (), {"counts": collections.defaultdict(int)})()
 
     def request_stop(self):
         self.stops += 1
@@ -324,9 +325,14 @@ def test_a_broken_clone_leaves_the_pool_and_the_last_one_stops_the_server():
             server.idle.append(c)
             server.sel.register(a, READ, ("clone", c))
             clones.append((c, b))
+        from ukvm.machine.exits import HYPERCALL_NAMES
+        poll = next(nr for nr, name in HYPERCALL_NAMES.items() if name == "poll")
+        clones[0][0].vm.stats.counts[poll] = 5
+        clones[1][0].vm.stats.counts[poll] = 2
         server._clone_report(clones[0][0], ("broken", "reset failed: x"), 0.0, None)
         server.run_once(1)
         assert [c.index for c in server.clones] == [1] and server.failure is None
+        assert server.exit_counts()[poll] == 7              # a retired clone's exits still count
         assert server.counts["failure_broken"] == 1
         server._clone_report(clones[1][0], ("broken", "reset failed: y"), 0.0, None)
         server.run_once(1)

@@ -14,6 +14,7 @@ import struct
 import time
 
 from ukvm.errors import UkvmError
+from ukvm.machine.exits import HYPERCALL_NAMES
 from ukvm.serve import relay
 from ukvm.serve.pool import Clone
 from ukvm.serve.relay import READ, WRITE, Connection
@@ -309,6 +310,8 @@ class EventLoop:
         """A clone that cannot be reset leaves the pool (a new one would need new KVM objects,
         which the confined loop cannot make); the server goes on while any clone is left."""
         clone.retired = True
+        for nr in HYPERCALL_NAMES:
+            self.retired_exits[nr] += clone.vm.stats.counts[nr]
         try:
             self.sel.unregister(clone.sock)
         except (KeyError, ValueError):

@@ -36,6 +36,9 @@ def serve_main(argv: list[str]) -> int:
         except UkvmError as e:
             print(f"ukvm serve: {e}", file=err)
             return 1
+        except KeyboardInterrupt:
+            print("ukvm serve: interrupted during start-up", file=err)
+            return 130
         # Confined from here on: nothing after this point opens a file or makes a KVM object.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         signal.signal(signal.SIGTERM, lambda *_: server.request_drain())

@@ -6,7 +6,8 @@ from ukvm.machine.exits import HYPERCALL_NAMES
 
 
 class Metrics:
-    def __init__(self, clones, address: tuple[str, int]):
+    def __init__(self, exit_counts, address: tuple[str, int]):
+        """exit_counts(): {hypercall number: exits} of every clone this server ever had."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
         from prometheus_client.core import CounterMetricFamily
         self.registry = CollectorRegistry()
@@ -31,9 +32,9 @@ class Metrics:
         class Exits:
             def collect(_self):
                 family = CounterMetricFamily("ukvm_exits", "Hypercall exits of all clones", labels=["hypercall"])
-                live = list(clones)
+                counts = exit_counts()
                 for nr, name in HYPERCALL_NAMES.items():
-                    family.add_metric([name], sum(c.vm.stats.counts[nr] for c in live if c.vm is not None))
+                    family.add_metric([name], counts.get(nr, 0))
                 yield family
         self.registry.register(Exits())
         self.http, self.http_thread = start_http_server(address[1], address[0], registry=self.registry)

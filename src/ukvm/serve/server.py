@@ -17,6 +17,7 @@ import socket
 import threading
 
 from ukvm.errors import UkvmError
+from ukvm.machine.exits import HYPERCALL_NAMES
 from ukvm.machine.manifest import MFT_DEV_NET_BASIC
 from ukvm.machine.snapshot import data_ranges
 from ukvm.machine.vm import VM, Kernel
@@ -81,6 +82,7 @@ class Server(EventLoop):
         self.drain_deadline = 0.0
         self.failure: str | None = None        # the server-level error that ended it, if any
         self.counts = collections.Counter()
+        self.retired_exits = collections.Counter()     # exits of clones that left the pool
         self.reset_seconds = Samples(RESET_SAMPLES)      # for the summary line (bench/)
         self.snapshot = None
         self.metrics = None
@@ -124,7 +126,7 @@ class Server(EventLoop):
         if cfg.metrics is not None:
             from ukvm.serve.metrics import Metrics
             try:
-                self.metrics = Metrics(self.clones, cfg.metrics)
+                self.metrics = Metrics(self.exit_counts, cfg.metrics)
             except OSError as e:
                 raise ServeError(f"--metrics {cfg.metrics[0]}:{cfg.metrics[1]}: {os.strerror(e.errno)}") from None
             self.metrics.in_use.set(0)
@@ -211,6 +213,16 @@ class Server(EventLoop):
         self.clones.append(clone)
         self.idle.append(clone)
         self.sel.register(sock, READ, ("clone", clone))
+
+    def exit_counts(self) -> dict[int, int]:
+        """Hypercall exits of all clones, those that left the pool included (a counter never
+        goes down). Called from the metrics thread: reads only."""
+        counts = collections.Counter(self.retired_exits)
+        for clone in list(self.clones):
+            stats = clone.vm.stats
+            for nr in HYPERCALL_NAMES:
+                counts[nr] += stats.counts[nr]
+        return counts
 
     # --- teardown ------------------------------------------------------------------------------
     def summary(self) -> str:
