@@ -15,7 +15,7 @@ from ukvm import __version__
 from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
 from ukvm.machine.vm import VM, Kernel
-from ukvm.modules import default_modules, module_classes
+from ukvm.modules import module_classes, modules_for
 from ukvm.options import GUEST_CPL, MEM, Option, OptionTable, choice, text
 from ukvm.sandbox import sandbox_vm
 from ukvm.cli.collector import collect_from_now
@@ -183,10 +183,11 @@ def _boot_and_run(argv: list[str], kernel_at: int, restore: str | None, kernel, 
     def warn(msg: str) -> None:
         print(f"{prog}: {msg}", file=sys.stderr, flush=True)
     manifest = kernel.manifest()
-    modules = default_modules(manifest)
+    options = urunc_device_names(argv[:kernel_at], manifest)
+    modules = modules_for(manifest, options)     # only those the options and manifest use
     for m in modules:
         m.warn = warn
-    values = parse_options(urunc_device_names(argv[:kernel_at], manifest), modules)
+    values = parse_options(options, modules)
     signal.signal(signal.SIGINT, _signal_exit)
     signal.signal(signal.SIGTERM, _signal_exit)
     if restore is not None:

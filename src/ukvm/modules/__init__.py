@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from ukvm.machine.manifest import Manifest
+from ukvm.machine.manifest import MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, Manifest
 from ukvm.options import BadValue, Option, OptionTable
 
 
@@ -124,3 +124,33 @@ def module_classes() -> list[type[Module]]:
 
 def default_modules(manifest: Manifest) -> list[Module]:
     return [cls(manifest) for cls in module_classes()]
+
+
+# Each module with the names of its options and the manifest device type it serves, in
+# module_classes()'s order, so that a command line imports only the modules its options and its
+# unikernel's manifest use: a hello needs core alone, and each module not imported is ~0.2 ms
+# off every start (docs/performance.md). tests/unit/test_module_registry.py checks it against
+# the classes.
+REGISTRY = (
+    ("ukvm.modules.core", "CoreModule", (), None),
+    ("ukvm.modules.block", "BlockModule", ("block", "block-sector-size"), MFT_DEV_BLOCK_BASIC),
+    ("ukvm.modules.net", "NetModule", ("net", "net-mac", "net-ring"), MFT_DEV_NET_BASIC),
+    ("ukvm.modules.gdb", "GdbModule", ("gdb", "gdb-port"), None),
+    ("ukvm.modules.dumpcore", "DumpcoreModule", ("dumpcore",), None),
+    ("ukvm.modules.profile", "ProfileModule", ("profile", "profile-rate"), None),
+    ("ukvm.modules.trace", "TraceModule", ("trace",), None),
+)
+
+
+def modules_for(manifest: Manifest, options: list[str]) -> list[Module]:
+    """The modules a run needs: core, every module one of `options` (`--NAME`, `--NAME=...`,
+    `--NAME:DEV=...`) belongs to, and every module serving a device type the manifest declares.
+    An option no module has is then refused as by the full set."""
+    named = {opt[2:].partition("=")[0].partition(":")[0] for opt in options if opt.startswith("--")}
+    types = {e.type for e in manifest.devices()}
+    chosen = []
+    for path, cls_name, option_names, device_type in REGISTRY:
+        if (not option_names or named.intersection(option_names)
+                or device_type in types):
+            chosen.append(getattr(__import__(path, fromlist=[cls_name]), cls_name)(manifest))
+    return chosen

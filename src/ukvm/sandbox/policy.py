@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 
 from ukvm.sandbox.needs import Needs, arg_clear, arg_in
 
@@ -63,6 +62,7 @@ def serve_loop_needs(loop_fds: set[int], reads_writes: set[int]) -> Needs:
     the metrics server's), TCP sockets of the IPv4 family only (a connection's two ends: accepted
     from the listener, and the one it opens to the guest over the TAP), read/write on the TAP and
     the loop's eventfd only. Socket calls take any descriptor: each connection's are new ones."""
+    import socket         # serve's only: `socket` costs every `ukvm run` ~5 ms (docs/performance.md)
     stream = socket.SOCK_STREAM | socket.SOCK_CLOEXEC
     return (Needs()
             .on_fds(("epoll_wait", "epoll_ctl"), loop_fds)
