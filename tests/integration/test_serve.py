@@ -210,12 +210,12 @@ def test_solo5_toolchain_build_is_served_too(served, httpd_solo5):
     ([], "--listen is required"),
     (["--listen=127.0.0.1:1"], "--guest is required"),
     (["--listen=127.0.0.1:x", "--guest=10.0.0.2:80"], "--listen: expected HOST:PORT"),
-    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--pool=0"], "--pool must be at least 1"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--pool=0"], "--pool: expected an integer from 1 to 256, got '0'"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--host-ip=192.168.9.1/24"], "must be another address"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--bogus=1"], "invalid option: `--bogus=1'"),
-    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=nan"], "--deadline must be a finite number"),
-    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=0"], "--deadline must be a finite number"),
-    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=inf"], "--deadline must be a finite number"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=nan"], "--deadline: expected seconds, more than 0"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=0"], "--deadline: expected seconds, more than 0"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=inf"], "--deadline: expected seconds, more than 0"),
 ])
 def test_usage_errors_are_one_line(httpd, args, message):
     p = subprocess.run([sys.executable, "-m", "ukvm", "serve", *args, httpd], capture_output=True, text=True, timeout=60)

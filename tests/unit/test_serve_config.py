@@ -22,26 +22,25 @@ def test_defaults_and_values():
     c = ServeConfig.from_argv([*BASE, "app.hvt", "a", "--b"])
     assert c.args == ("a", "--b") and c.pool == 4 and c.deadline_s == 10.0
     assert ServeConfig.from_argv(["--help"]) is None
+    assert ServeConfig.from_argv(["--pool=0", "-h", "app.hvt"]) is None     # help wins over a bad value
+    c = ServeConfig.from_argv(["--listen", "127.0.0.1:1", "--guest", "10.0.0.2:80", "--x-no-sandbox", "a.hvt"])
+    assert c.listen == ("127.0.0.1", 1) and c.no_sandbox and c.user == "nobody"   # detached values, a flag
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "inf", "-inf", "nan", "NaN", "1e400"])
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "-inf", "nan", "NaN", "1e400", "soon", ""])
 def test_deadline_must_be_finite_and_positive(value):
-    with pytest.raises(UsageError, match="--deadline must be a finite number of seconds > 0"):
+    with pytest.raises(UsageError) as e:
         config(f"--deadline={value}")
-
-
-def test_deadline_that_is_not_a_number():
-    with pytest.raises(UsageError, match="--deadline: expected seconds, got 'soon'"):
-        config("--deadline=soon")
+    assert str(e.value) == f"--deadline: expected seconds, more than 0 and at most 604800, got {value!r}"
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--pool=0"], "--pool must be at least 1"),
-    (["--pool=100000"], "at most 256"),
-    (["--pool=-3"], "--pool: expected a number"),
-    (["--max-waiting=x"], "--max-waiting: expected a number"),
-    (["--guest=10.0.0.2:0"], "port must be 1-65535"),
-    (["--guest=example.org:80"], "--guest: an IPv4 address"),
+    (["--pool=0"], "--pool: expected an integer from 1 to 256, got '0'"),
+    (["--pool=100000"], "--pool: expected an integer from 1 to 256, got '100000'"),
+    (["--pool=-3"], "--pool: expected an integer from 1 to 256, got '-3'"),
+    (["--max-waiting=x"], "--max-waiting: expected an integer from 0 to"),
+    (["--guest=10.0.0.2:0"], "--guest: expected IPv4:PORT with a port from 1 to 65535, got '10.0.0.2:0'"),
+    (["--guest=example.org:80"], "--guest: expected IPv4:PORT, got 'example.org:80'"),
     (["--guest=10.0.0.2"], "--guest: expected HOST:PORT"),
     (["--listen=127.0.0.1:70000"], "--listen: expected HOST:PORT"),
     (["--host-ip=10.0.0.1"], "must be another address"),                # a /32: no room for the guest
@@ -49,14 +48,16 @@ def test_deadline_that_is_not_a_number():
     (["--host-ip=192.168.1.1/24"], "must be another address"),
     (["--guest=10.0.0.255:80"], "must be another address"),             # the broadcast address
     (["--host-ip=10.0.0.300/24"], "--host-ip: expected IPv4/PREFIX"),
-    (["--tap=" + "x" * 16], "--tap: a name of 1 to 15 bytes"),
-    (["--mem=zero"], "Malformed argument to --mem"),
+    (["--tap=" + "x" * 16], "--tap: expected 1 to 15 characters, no spaces"),
+    (["--mem=zero"], "--mem: expected MiB, more than 0, got 'zero'"),
     (["--bogus=1"], "invalid option: `--bogus=1'"),
-    (["--pool"], "invalid option: `--pool'"),
+    (["--x-no-sandbox=1"], "invalid option: `--x-no-sandbox=1'"),
+    (["--pool"], "--pool: expected an integer from 1 to 256, got 'app.hvt'"),     # the next argument is its value
 ])
 def test_bad_values_are_one_clear_error(options, message):
-    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+    with pytest.raises(UsageError) as e:
         config(*options)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_pieces():

@@ -30,7 +30,8 @@ pure), warmup (boot until ready, snapshot), pool (a clone and its thread), relay
 connection's bytes), metrics, server (set-up and teardown), loop (the event loop), main
 (`ukvm serve`).
 
-A front end. May import machine, modules, sandbox and the units module; never cli or oci.
+A front end. May import machine, modules, sandbox (and the bottom: errors, hvt_abi, options);
+never cli or oci.
 """
 
 

@@ -14,28 +14,66 @@ import struct
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import UsageError
-from ukvm.units import parse_mem
+from ukvm.options import (GUEST_CPL, HELP, MEM, BadValue, Option, OptionTable, integer, parse_hostport, seconds,
+                          text)
 
 DEFAULT_DEADLINE_S = 10.0
 DEFAULT_POOL = 4
 DEFAULT_MAX_WAITING = 256
 MAX_POOL = 256              # each clone is a VM and a thread
+MAX_WAITING = 1 << 20
+MAX_DEADLINE_S = 7 * 86400
 IFNAMSIZ = 16               # a TAP name is at most 15 bytes
 
-USAGE = """usage: ukvm serve [--mem=MB] [--pool=N] --listen=HOST:PORT --guest=IP:PORT [--host-ip=IP/PREFIX]
-                  [--metrics=HOST:PORT] [--deadline=SECONDS] [--max-waiting=N] [--tap=NAME] [--] APP.hvt [ARGS]
+
+def guest_address(value: str) -> tuple[ipaddress.IPv4Address, int]:
+    """--guest=IP:PORT: an IPv4 address and a port from 1 to 65535."""
+    host, port = parse_hostport(value)
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise BadValue("IPv4:PORT") from None
+    if port == 0:
+        raise BadValue("IPv4:PORT with a port from 1 to 65535")
+    return address, port
+
+
+def ipv4_interface(value: str) -> ipaddress.IPv4Interface:
+    try:
+        return ipaddress.IPv4Interface(value)
+    except ValueError:
+        raise BadValue("IPv4/PREFIX") from None
+
+
+# `ukvm serve`'s rows of the options layer (options.py; gnu spelling).
+TABLE = OptionTable([
+    MEM,
+    Option("pool", "clones serving at once; more connections wait, at most --max-waiting", integer(1, MAX_POOL),
+           metavar="N", default=str(DEFAULT_POOL)),
+    Option("listen", "accept the clients' TCP connections at HOST:PORT", parse_hostport, metavar="HOST:PORT",
+           required=True),
+    Option("guest", "the address and port APP listens on", guest_address, metavar="IP:PORT", required=True),
+    Option("host-ip", "the TAP's address and network; must not overlap the host's routes "
+           "(default: the first other address of the guest's /24)", ipv4_interface, metavar="IP/PREFIX"),
+    Option("metrics", "Prometheus metrics at http://HOST:PORT/metrics", parse_hostport, metavar="HOST:PORT"),
+    Option("deadline", "a connection (waiting included) ends after SECONDS", seconds(0, MAX_DEADLINE_S),
+           metavar="SECONDS", default=f"{DEFAULT_DEADLINE_S:g}"),
+    Option("max-waiting", "connections waiting for a clone, at most", integer(0, MAX_WAITING), metavar="N",
+           default=str(DEFAULT_MAX_WAITING)),
+    Option("tap", "the TAP's name (default ukvms<pid>)", text(IFNAMSIZ - 1), metavar="NAME"),
+    Option("user", "the user serve runs as once set up (docs/security.md)", text(256), metavar="NAME",
+           default="nobody"),
+    GUEST_CPL,
+    Option("x-no-sandbox", "debugging: do not confine serve (runs as root, no seccomp)"),
+    HELP,
+], style="gnu")
+
+USAGE = """usage: ukvm serve [OPTIONS] --listen=HOST:PORT --guest=IP:PORT [--] APP.hvt [ARGS]
 Serve each TCP connection accepted on --listen with a fresh copy-on-write clone of APP, snapshotted
 once it has answered a warm-up connection and waits for network input. APP declares one NET_BASIC
-device and listens on IP:PORT; ARGS are its command line. A TAP (--tap, default ukvms<pid>) with
---host-ip (default: the first other address of the guest's /24; it must not overlap the host's
-routes) is created for the guests and removed at exit.
-  --pool=N         clones serving at once (default 4); more connections wait, at most --max-waiting (256)
-  --deadline=S     a connection (waiting included) ends after S seconds (default 10)
-  --metrics=H:P    Prometheus metrics at http://H:P/metrics
-  --user=NAME      the user serve runs as once set up (default nobody; docs/security.md)"""
-
-OPTIONS = ("mem", "pool", "listen", "guest", "host-ip", "metrics", "deadline", "max-waiting", "tap",
-           "x-guest-cpl", "user")
+device and listens on IP:PORT; ARGS are its command line. A TAP with --host-ip is created for the
+guests and removed at exit.
+""" + TABLE.usage()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,72 +115,27 @@ class ServeConfig:
     @classmethod
     def from_argv(cls, argv: list[str]) -> ServeConfig | None:
         """The configuration for `ukvm serve ARGV`; None for --help. Raises UsageError."""
-        opts: dict[str, str] = {}
-        rest: list[str] = []
-        for i, arg in enumerate(argv):
-            if arg in ("-h", "--help"):
-                return None
-            if arg == "--x-no-sandbox":
-                opts["x-no-sandbox"] = ""
-                continue
-            if arg == "--" or not arg.startswith("-"):
-                rest = argv[i + 1:] if arg == "--" else argv[i:]
-                break
-            name, eq, value = arg[2:].partition("=")
-            if not eq or name not in OPTIONS:
-                raise UsageError(f"invalid option: `{arg}'")
-            opts[name] = value
+        if "-h" in argv[:1] or any(arg in ("-h", "--help") for arg in _options_part(argv)):
+            return None
+        values, rest = TABLE.parse(argv)
         if not rest:
             raise UsageError("missing APP.hvt")
-        for required in ("listen", "guest"):
-            if required not in opts:
-                raise UsageError(f"--{required} is required")
-        guest_host, guest_port = parse_hostport(opts["guest"], "--guest")
-        try:
-            guest_ip = ipaddress.IPv4Address(guest_host)
-        except ValueError:
-            raise UsageError(f"--guest: an IPv4 address, got {guest_host!r}", show_usage=False) from None
-        if "host-ip" in opts:
-            try:
-                host = ipaddress.IPv4Interface(opts["host-ip"])
-            except ValueError:
-                raise UsageError(f"--host-ip: expected IPv4/PREFIX, got {opts['host-ip']!r}", show_usage=False) from None
-        else:
-            host = default_host_ip(guest_ip)
+        guest_ip, guest_port = values["guest"]
+        host = values["host-ip"]
         return cls(
-            kernel=rest[0], args=tuple(rest[1:]), listen=parse_hostport(opts["listen"], "--listen"),
-            guest_ip=guest_ip, guest_port=guest_port, host=host, host_given="host-ip" in opts,
-            mem=parse_mem(opts["mem"]) if "mem" in opts else hvt.MEM_DEFAULT,
-            pool=parse_count(opts, "pool", DEFAULT_POOL),
-            metrics=parse_hostport(opts["metrics"], "--metrics") if "metrics" in opts else None,
-            deadline_s=parse_seconds(opts, "deadline", DEFAULT_DEADLINE_S),
-            max_waiting=parse_count(opts, "max-waiting", DEFAULT_MAX_WAITING),
-            tap_name=opts.get("tap"), guest_cpl=opts.get("x-guest-cpl", "auto"),
-            user=opts.get("user", "nobody"), no_sandbox="x-no-sandbox" in opts)
+            kernel=rest[0], args=tuple(rest[1:]), listen=values["listen"], guest_ip=guest_ip,
+            guest_port=guest_port, host=host or default_host_ip(guest_ip), host_given=host is not None,
+            mem=values["mem"], pool=values["pool"], metrics=values["metrics"], deadline_s=values["deadline"],
+            max_waiting=values["max-waiting"], tap_name=values["tap"], guest_cpl=values["x-guest-cpl"],
+            user=values["user"], no_sandbox=values["x-no-sandbox"])
 
 
-def parse_count(opts: dict[str, str], name: str, default: int) -> int:
-    if name not in opts:
-        return default
-    if not opts[name].isdigit():
-        raise UsageError(f"--{name}: expected a number, got {opts[name]!r}", show_usage=False)
-    return int(opts[name])
-
-
-def parse_seconds(opts: dict[str, str], name: str, default: float) -> float:
-    if name not in opts:
-        return default
-    try:
-        return float(opts[name])
-    except ValueError:
-        raise UsageError(f"--{name}: expected seconds, got {opts[name]!r}", show_usage=False) from None
-
-
-def parse_hostport(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}", show_usage=False)
-    return host.strip("[]") or "0.0.0.0", int(port)
+def _options_part(argv: list[str]) -> list[str]:
+    """The arguments before APP (where --help counts even after a bad option)."""
+    for i, arg in enumerate(argv):
+        if arg == "--" or not arg.startswith("-"):
+            return argv[:i]
+    return argv
 
 
 def default_host_ip(guest: ipaddress.IPv4Address) -> ipaddress.IPv4Interface:
