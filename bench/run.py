@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+# Subprocesses (`python -m ukvm build`, the tender) use this checkout too, not an installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 LAUNCHER = ROOT / "bin" / "ukvm-hvt"
 # The launcher started by the real interpreter: `python3` on PATH may be a shim (pyenv's adds
 # tens of ms to every start), so what is timed is the tender, not the shim.
@@ -825,6 +827,30 @@ def _with_option(option):
     return modules
 
 
+def _under_gdb(cmd) -> str:
+    """Run `cmd` (a tender with --gdb --gdb-port=0) with a minimal debugger that only says
+    `continue` and waits for the exit; returns the tender's output."""
+    import socket
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = b""
+    deadline = time.monotonic() + 60
+    while not (m := re.search(rb"target remote localhost:(\d+)", out)) and time.monotonic() < deadline:
+        out += proc.stdout.read1(4096)
+    with socket.create_connection(("127.0.0.1", int(m[1])), timeout=600) as sock:
+        reply = b""
+        while b"#" not in reply:
+            reply += sock.recv(4096)                     # the first stop, S05
+        sock.sendall(b"+$c#63")
+        while b"$W" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        sock.sendall(b"+")
+    rest, _ = proc.communicate(timeout=600)
+    return (out + rest).decode()
+
+
 def bench_observe(work, quick):
     """--profile on a compute guest, --trace off and on, a CPL3 guest under --gdb: each against
     the same guest without the tool, runs alternated so that the shared host's load hits both."""
@@ -842,6 +868,14 @@ def bench_observe(work, quick):
     per_sample = statistics.median(float(m) for m in re.findall(r"\((\d+) us a sample\)", "".join(said)))
     row("observe", "--profile: tender time per sample", per_sample, "us", None, "",
         f"x {DEFAULT_RATE} Hz = {per_sample * DEFAULT_RATE / 1e4:.2f}% of the guest's time, plus one EINTR exit a sample")
+
+    base, debugged = [], []
+    for _ in range(runs):
+        base.append(_guest_value([LAUNCHER, "--mem=32", spin, "--solo5:quiet", rounds], "spin_ns"))
+        debugged.append(guest_values(_under_gdb([LAUNCHER, "--mem=32", "--gdb", "--gdb-port=0", spin,
+                                                 "--solo5:quiet", rounds]))["spin_ns"])
+    row("observe", "compute guest under --gdb, no breakpoints", statistics.median(debugged) / 1e6, "ms",
+        statistics.median(base) / 1e6, "same guest, no --gdb", f"CPL3 (ukvm build), median of {runs}")
 
     hc = build(work, "bench_hypercall", cpl0=False)
     n = "20000" if quick else "100000"

@@ -61,6 +61,11 @@ HVT_FEATURE_RING_IO = 1
 # CR4.FSGSBASE is set, so the guest may run at CPL3 (docs/cpl3.md). Set only for guests that ask
 # with a `ukvm` MODE note; upstream guests never see it.
 UKVM_FEATURE_CPL3 = 1 << 31
+# ukvm extension under --gdb: the runtime reports #DB and int3 from CPL3 at UKVM_DEBUG_PORT (with
+# the address of the registers it saved) instead of treating them as fatal. Only for runtimes
+# whose MODE note has bit 1 (machine/elf.py UKVM_MODE_DEBUG).
+UKVM_FEATURE_DEBUG = 1 << 30
+UKVM_DEBUG_PORT = 0x5FD
 
 # Network ring (section 9): sizes needed by memory sizing even without the ring thread.
 HVT_RING_STRUCT_SIZE = 49280

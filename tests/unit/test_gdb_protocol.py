@@ -43,6 +43,7 @@ class FakeVM:
     def __init__(self):
         self.mem = GuestMemory(4 * MIB)
         self.vcpu = FakeVcpu()
+        self.guest_cpl = 0           # the CPL0 session: breakpoints in the debug registers
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ SOLO5_NOTE_NAME = b"Solo5\0"
 UKVM_NOTE_NAME = b"ukvm\0"
 UKVM_NOTE_MODE = 0x45444F4D          # "MODE"
 UKVM_MODE_CPL3 = 1
+UKVM_MODE_DEBUG = 2       # the runtime reports #DB and int3 to a debugger (--gdb at CPL3)
 
 ABI_TARGETS = {1: "hvt", 2: "spt", 3: "virtio", 4: "muen", 5: "genode", 6: "xen"}
 HVT_ABI_TARGET = 1

@@ -26,8 +26,11 @@ class HypercallTable:
         # Under the CPL3 supervisor: (its report port, a builder of the error a report stands
         # for); supervisor.py.
         self.report_port: tuple[int, Callable[[], GuestFault]] | None = None
-        # Under --gdb: handles KVM_EXIT_DEBUG (gdbstub.py).
+        # Under --gdb: handles KVM_EXIT_DEBUG (modules/gdb/stub.py).
         self.on_debug_exit: Callable[[object], None] | None = None
+        # Under --gdb with the guest at CPL3: handles a stop the supervisor or the runtime
+        # reports at hvt.UKVM_DEBUG_PORT, with the address of the guest registers it saved.
+        self.on_debug_port: Callable[[int], None] | None = None
 
     def register(self, nr: int, handler: Callable[[int], None]) -> None:
         if not 0 < nr < hvt.HVT_HYPERCALL_MAX or nr == hvt.HVT_HYPERCALL_HALT:
@@ -90,6 +93,10 @@ def handle_exit(run, table: HypercallTable, get_rip: Callable[[], int],
         direction, size, port, _count, data_offset = abi.KVM_RUN_IO.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
         nr = port - hvt.HVT_HYPERCALL_PIO_BASE
         if direction != abi.KVM_EXIT_IO_OUT or size != 4 or not 0 <= nr < hvt.HVT_HYPERCALL_MAX:
+            if table.on_debug_port is not None and port == hvt.UKVM_DEBUG_PORT and size == 4 \
+                    and direction == abi.KVM_EXIT_IO_OUT:
+                table.on_debug_port(hvt.U32.unpack_from(run, data_offset)[0])
+                return None
             if table.report_port is not None and port == table.report_port[0]:
                 raise table.report_port[1]()
             raise GuestFault(f"Invalid guest port access: port={port:#x}")

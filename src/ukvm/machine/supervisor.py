@@ -42,6 +42,7 @@ SV_STACK_BASE = 0xD000
 SV_STACK_TOP = 0xF000
 SV_DF_STACK_TOP = 0x10000
 SV_REPORT_PORT = 0x5FE
+SV_DEBUG_PORT = 0x5FD
 SV_REPORT_SHUTDOWN = 1
 SV_REPORT_HLT = 2
 SV_REPORT_PORT_IO = 3
@@ -53,7 +54,7 @@ STATE_FIELDS = (
     "gdt_base", "gdt_limit", "idt_base", "idt_limit", "tr", "tss_base", "ldtr", "cs", "ss",
     "vif", "kernel_gs_base",
     "report_reason", "report_vector", "report_ec", "report_rip", "report_arg", "report_insn",
-    "n_emulated", "n_delivered", "report_frame")
+    "n_emulated", "n_delivered", "report_frame", "debug")
 STATE = struct.Struct(f"<{len(STATE_FIELDS)}Q")
 
 # The real GDT (at hvt's GDT address). The guest's flat code and data sit at hvt's indices with

@@ -16,7 +16,7 @@ import _thread
 import sys
 
 from ukvm import hvt_abi as hvt
-from ukvm.machine.elf import NOTE_MFT1, UKVM_MODE_CPL3, ElfFile
+from ukvm.machine.elf import NOTE_MFT1, UKVM_MODE_CPL3, UKVM_MODE_DEBUG, ElfFile
 from ukvm.errors import ElfError, KvmError, UkvmError, UsageError
 from ukvm.machine.exits import HypercallTable, handle_exit, translation_fault
 from ukvm.kvm import abi
@@ -101,6 +101,12 @@ def guest_cpl_plan(note: int | None, choice: str) -> tuple[bool, bool]:
     return runtime_cpl3, supervised
 
 
+def debuggable_at_cpl3(note: int | None) -> bool:
+    """Whether --gdb can keep this guest's code at CPL3: Solo5-built guests (the supervisor reports
+    their #DB and int3) and ukvm runtimes whose MODE note says they report them."""
+    return note is None or bool(note & UKVM_MODE_DEBUG)
+
+
 class VM:
     """A VM booted from a Kernel. machine/clone.py's Clone is one made from a Snapshot instead;
     both are built by _construct (KVM objects, then _build, then the device check)."""
@@ -160,8 +166,8 @@ class VM:
         self.ring_gpa = 0
         self.host_features = 0
         choice = self.guest_cpl_choice
-        if any(getattr(m, "needs_cpl0", False) for m in self.modules):
-            choice = "0"          # --gdb: kvm_pvm debugs CPL0 code only (gdbstub.py)
+        if any(getattr(m, "needs_cpl0", False) for m in self.modules) and not debuggable_at_cpl3(self.kernel.mode):
+            choice = "0"          # --gdb with a runtime that cannot report debug traps (modules/gdb)
         runtime_cpl3, self.supervised = guest_cpl_plan(self.kernel.mode, choice)
         if self.supervised:
             from ukvm.machine import supervisor

@@ -17,6 +17,7 @@ from pathlib import Path
 from ukvm import __version__
 from ukvm.toolchain.cache import cache_dir
 from ukvm.errors import UkvmError
+from ukvm.machine.elf import UKVM_MODE_CPL3, UKVM_MODE_DEBUG
 from ukvm.machine.manifest import generate_c, parse_json
 
 RUNTIME_DIR = Path(__file__).parent.parent / "runtime"
@@ -162,7 +163,7 @@ def build(sources: list[str], output: str, manifest: str | None = None,
         compile_manifest(manifest_text, manifest, mft_obj)
         out_tmp = Path(tmp) / "out.hvt"
         run_tool(["ld", "-nostdlib", "-static", "-z", "max-page-size=0x1000", "-z", "noexecstack",
-              "--build-id=none", f"--defsym=ukvm_mode_flags={0 if cpl0 else 1}",
+              "--build-id=none", f"--defsym=ukvm_mode_flags={0 if cpl0 else UKVM_MODE_CPL3 | UKVM_MODE_DEBUG}",
               "-T", str(LINKER_SCRIPT), "-o", str(out_tmp),
               str(rt / RUNTIME_OBJ), *objs, str(mft_obj), str(rt / LIBC_ARCHIVE)])
         try:

@@ -12,7 +12,7 @@ from ukvm.options import Option, integer
 class GdbModule(Module):
     name = "gdb"
     options = (
-        Option("gdb", "wait for a debugger before the guest's first instruction; runs it at CPL0"),
+        Option("gdb", "wait for a debugger before the guest's first instruction"),
         Option("gdb-port", "TCP port on 127.0.0.1 for --gdb; 0 picks a free one", integer(0, 65535),
                metavar="PORT", default="1234", explain=False),
     )
@@ -25,7 +25,9 @@ class GdbModule(Module):
 
     @property
     def needs_cpl0(self) -> bool:
-        """kvm_pvm debugs CPL0 code only (gdbstub.py): the VM then starts in hvt's CPL0 state."""
+        """Under --gdb a guest stays at CPL3 when the CPL0 code beside it reports its debug traps
+        (the supervisor, a current ukvm runtime); other guests start in hvt's CPL0 state, where
+        kvm_pvm debugs through KVM itself (vm.debuggable_at_cpl3, stub.py)."""
         return self.enabled
 
     def set_option(self, opt: str, _device, value) -> bool:

@@ -6,11 +6,14 @@ serves it: registers (general, segments, FS/GS bases, x87 and SSE, described by 
 memory (every address checked against guest memory), breakpoints and watchpoints in the four
 debug registers, single step, continue, Ctrl-C, and the guest's exit as `W`/`X`.
 
-kvm_pvm decides the shape: guest code at CPL0 is single-stepped and hits debug-register
-breakpoints with KVM_EXIT_DEBUG, but an `int3` there ends in an internal error, and at CPL3 a #DB
-does not leave the guest. So under --gdb the guest runs in hvt's CPL0 state (a ukvm-built CPL3
-image stays at CPL0, a Solo5-built one is not supervised), and gdb's software breakpoints (Z0)
-are served from the debug registers too: at most four breakpoints and watchpoints together.
+kvm_pvm decides the shape. Guest code at CPL0 is single-stepped and hits debug-register
+breakpoints with KVM_EXIT_DEBUG, but an `int3` there ends in an internal error: in a CPL0 session
+(--x-guest-cpl=0, or a ukvm runtime too old to report traps) gdb's breakpoints (Z0 and Z1) live in
+the four debug registers. At CPL3 a #DB or #BP does not leave the guest: the CPL0 code beside it
+(the supervisor, or the ukvm runtime) reports them at UKVM_DEBUG_PORT with the registers it saved
+(traps.py). There breakpoints are int3 in guest text (as many as wanted), a step sets the trap
+flag, and a write watchpoint single-steps the guest and compares (the debug registers' data
+breakpoints are not delivered for CPL3 code on kvm_pvm; docs/debugging.md).
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ import select
 import socket
 import struct
 import threading
+import time
 
 from ukvm.errors import GuestMemoryError, UkvmError, UsageError
 from ukvm.kvm import abi
 from ukvm.machine.vcpu import host_emulates_cpl0
+from ukvm.modules.gdb.traps import RFLAGS_TF, SoftwareBreakpoints, TrapFrame, enable_reports
 
 SIGINT, SIGKILL = 2, 9
 MAX_PACKET = 4096
@@ -182,6 +187,15 @@ class GdbStub:
         self._running = None          # a threading.Event once connected
         self._closing = False
         self.data_breakpoints_unusable = False
+        # CPL3 sessions (traps.py): the frame of the debug stop being served, int3 breakpoints,
+        # and write watchpoints served by stepping: (addr, len) -> the bytes last seen.
+        self.cpl3 = vm.guest_cpl == 3
+        self.frame: TrapFrame | None = None
+        self.sw: SoftwareBreakpoints | None = None
+        self.watches: dict[tuple[int, int], bytes] = {}
+        self.watch_steps = 0                  # instructions stepped for watchpoints, and their time
+        self.watch_seconds = 0.0
+        self._watch_t0 = None
 
     # --- set-up: wait for the debugger ---------------------------------------------------------
     def connect(self, port: int) -> None:
@@ -206,6 +220,10 @@ class GdbStub:
         self.warn(f"Connection from debugger at {peer[0]}")
         vm.hypercalls.on_debug_exit = self.on_debug_exit
         vm.on_interrupt = self.on_interrupt
+        if self.cpl3:
+            self.sw = SoftwareBreakpoints(vm.mem)
+            enable_reports(vm)
+            vm.hypercalls.on_debug_port = self.on_debug_port
         self._watcher = threading.Thread(target=self._watch_for_ctrl_c, name="ukvm-gdb", daemon=True)
         self._watcher.start()
 
@@ -217,6 +235,8 @@ class GdbStub:
             needs.on_fds(("sendto", "recvfrom"), {self.sock.fileno()})
             needs.allow("pselect6")           # the Ctrl-C watcher's bounded wait on the socket
             needs.ioctl({vm.vcpu.fd}, abi.KVM_GET_SREGS, abi.KVM_SET_REGS, abi.KVM_GET_FPU, abi.KVM_SET_GUEST_DEBUG)
+        if self.sw is not None:        # int3 written into guest text through /proc/self/mem
+            needs.on_fds(("pwritev2",), {self.sw.fd})
         return needs
 
     # --- the protocol --------------------------------------------------------------------------
@@ -252,7 +272,9 @@ class GdbStub:
                 continue                                  # already stopped
             reply = self.command(packet)
             if reply is None:                             # resume
-                self._apply_debug()
+                if self.watches and not self.stepping:
+                    self._watch_t0 = time.perf_counter()
+                self._resume()
                 self._running.set()
                 return
             self._send(reply)
@@ -262,7 +284,8 @@ class GdbStub:
         try:
             kind = p[:1]
             if p.startswith(b"qSupported"):
-                return b"PacketSize=%x;qXfer:features:read+;hwbreak+" % MAX_PACKET
+                return b"PacketSize=%x;qXfer:features:read+;hwbreak+%s" % (
+                    MAX_PACKET, b";swbreak+" if self.cpl3 else b"")
             if p.startswith(b"qXfer:features:read:target.xml:"):
                 off, length = (int(x, 16) for x in p.split(b":")[4].split(b","))
                 xml = target_xml()
@@ -292,18 +315,24 @@ class GdbStub:
                 return self.register_bytes(n).hex().encode() if n < len(LAYOUT) else b"E01"
             if kind == b"m":
                 addr, length = (int(x, 16) for x in p[1:].split(b","))
-                return self.vm.mem.read(addr, min(length, (MAX_PACKET - 4) // 2)).hex().encode()
+                data = self.vm.mem.read(addr, min(length, (MAX_PACKET - 4) // 2))
+                return (self.sw.hide(addr, data) if self.sw else data).hex().encode()
             if kind == b"M":
                 where, data = p[1:].split(b":", 1)
                 addr, length = (int(x, 16) for x in where.split(b","))
                 raw = bytes.fromhex(data.decode())
                 if len(raw) != length:
                     return b"E01"
+                if self.sw is not None:
+                    self.sw.write(addr, raw)
+                    return b"OK"
                 with self.vm.mem.writable_view(addr, length) as view:
                     view[:] = raw
                 return b"OK"
             if kind in (b"c", b"s"):
-                if len(p) > 1:
+                if len(p) > 1 and self.frame is not None:
+                    self.frame.regs["rip"] = int(p[1:], 16)
+                elif len(p) > 1:
                     regs = self.vm.vcpu.get_regs()
                     regs.rip = int(p[1:], 16)
                     self.vm.vcpu.set_regs(regs)
@@ -318,6 +347,9 @@ class GdbStub:
             if kind == b"k":
                 raise UkvmError("gdb: the debugger killed the guest")
             if kind == b"D":
+                if self.sw is not None:
+                    self.sw.remove_all()
+                self.watches.clear()
                 self.hw.clear()
                 self.stepping = False
                 self.enabled = False
@@ -348,6 +380,11 @@ class GdbStub:
             v[f"xmm{i}"] = bytes(f.xmm[16 * i:16 * i + 16])
         v["mxcsr"] = struct.pack("<I", f.mxcsr)
         v["fs_base"], v["gs_base"] = struct.pack("<Q", s.fs.base), struct.pack("<Q", s.gs.base)
+        if self.frame is not None:        # a CPL3 stop: the vCPU sits in the CPL0 code reporting it
+            fr = self.frame.regs
+            v.update({name: struct.pack("<Q", fr[name]) for name in GPRS + ("rip",)})
+            v["eflags"] = struct.pack("<I", fr["rflags"] & 0xFFFFFFFF)
+            v["cs"], v["ss"] = struct.pack("<I", fr["cs"] & 0xFFFF), struct.pack("<I", fr["ss"] & 0xFFFF)
         return v
 
     def read_registers(self) -> bytes:
@@ -362,19 +399,24 @@ class GdbStub:
         need = sum(size for _, size in LAYOUT[:18])
         if len(data) < need:
             raise ValueError("short G packet")
-        r = self.vm.vcpu.get_regs()
+        values = {}
         off = 0
         for name, size in LAYOUT[:18]:
-            value = int.from_bytes(data[off:off + size], "little")
-            if name == "eflags":
-                r.rflags = value | 2
-            else:
-                setattr(r, name, value)
+            values[name] = int.from_bytes(data[off:off + size], "little")
             off += size
+        values["rflags"] = values.pop("eflags") | 2
+        if self.frame is not None:
+            self.frame.regs.update(values)
+            return
+        r = self.vm.vcpu.get_regs()
+        for name, value in values.items():
+            setattr(r, name, value)
         self.vm.vcpu.set_regs(r)
 
     # --- breakpoints, stepping, stops ----------------------------------------------------------
     def breakpoint(self, insert: bool, kind: int, addr: int, length: int = 1) -> bytes:
+        if self.cpl3 and kind in (0, 2):
+            return self._cpl3_breakpoint(insert, kind, addr, length)
         # Data breakpoints in the debug registers never fire for the emulated CPL0 code of
         # kvm_pvm (probed: docs/debugging.md): declining Z2-Z4 makes gdb watch by single-stepping.
         if kind not in DR_TYPE or (kind >= 2 and (self.data_breakpoints_unusable or length not in DR_LEN)):
@@ -391,7 +433,82 @@ class GdbStub:
                 del self.hw[key]
         return b"OK"
 
-    def _apply_debug(self) -> None:
+    def _cpl3_breakpoint(self, insert: bool, kind: int, addr: int, length: int) -> bytes:
+        """Z0: an int3 in guest text. Z2: a write watchpoint, checked after every instruction
+        while the guest runs (single steps)."""
+        if kind == 0:
+            if insert:
+                self.sw.insert(addr)
+            else:
+                self.sw.remove(addr)
+            return b"OK"
+        if insert:
+            self.watches[(addr, length)] = self.vm.mem.read(addr, length)
+        else:
+            self.watches.pop((addr, length), None)
+        return b"OK"
+
+    def _resume(self) -> None:
+        """Let the guest go on: a CPL3 stop's frame goes back with the trap flag set for a step
+        (or for watching), else cleared; a stop at the vCPU is stepped with the trap flag at CPL3
+        and with KVM's single-step at CPL0."""
+        tf = self.cpl3 and self.enabled and (self.stepping or bool(self.watches))
+        kvm_step = self.stepping
+        if self.frame is not None:
+            r = self.frame.regs
+            r["rflags"] = r["rflags"] | RFLAGS_TF if tf else r["rflags"] & ~RFLAGS_TF
+            self.frame.write_back()
+            self.frame = None
+            kvm_step = False
+        elif self.cpl3:
+            at_cpl3 = self.vm.vcpu.get_sregs().cs.selector & 3 == 3
+            regs = self.vm.vcpu.get_regs()
+            wanted = regs.rflags | RFLAGS_TF if tf and at_cpl3 else regs.rflags & ~RFLAGS_TF
+            if wanted != regs.rflags:
+                regs.rflags = wanted
+                self.vm.vcpu.set_regs(regs)
+            kvm_step = tf and not at_cpl3
+        self._apply_debug(kvm_step)
+
+    def _watch_hit(self) -> int | None:
+        """The first watched address whose bytes changed since last seen."""
+        for (addr, length), seen in self.watches.items():
+            now = self.vm.mem.read(addr, length)
+            if now != seen:
+                self.watches[(addr, length)] = now
+                return addr
+        return None
+
+    def on_debug_port(self, gpa: int) -> None:
+        """A #DB or int3 of the guest at CPL3, reported with the address of its saved registers."""
+        self._running.clear()
+        frame = self.frame = TrapFrame(self.vm, gpa)
+        if frame.is_breakpoint():
+            at = frame.int3_address()
+            if self.sw is not None and at in self.sw.saved:
+                frame.regs["rip"] = at
+                return self.serve(b"T05swbreak:;")
+            frame.regs["rip"] = at + 1        # the guest's own int3: stopped after it, as a CPU does
+            return self.serve(b"T05")
+        self._after_step()
+
+    def _after_step(self) -> None:
+        if self.watches and not self.stepping:
+            self.watch_steps += 1
+            hit = self._watch_hit()
+            if hit is None:              # nothing changed: step on, unseen by the debugger
+                self._resume()
+                self._running.set()
+                return
+            if self._watch_t0 is not None:
+                self.watch_seconds += time.perf_counter() - self._watch_t0
+                self._watch_t0 = None
+            return self.serve(b"T05watch:%x;" % hit)
+        self.serve(b"T05")
+
+    def _apply_debug(self, kvm_step: bool | None = None) -> None:
+        if kvm_step is None:
+            kvm_step = self.stepping
         regs = [0] * 8
         dr7 = DR7_GLOBAL_EXACT
         for i, (rw, addr, length) in enumerate(self.hw):
@@ -399,16 +516,21 @@ class GdbStub:
             dr7 |= 2 << 2 * i | rw << 16 + 4 * i | DR_LEN[length] << 18 + 4 * i
         regs[7] = dr7
         control = 0
-        if self.enabled:
+        # CPL3 sessions ask KVM for nothing they do not need: on hardware KVM, guest debugging
+        # would intercept every #DB, the supervisor's and runtime's reports included.
+        if self.enabled and (not self.cpl3 or self.hw or kvm_step):
             control = abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_HW_BP
-            if self.stepping:
+            if kvm_step:
                 control |= abi.KVM_GUESTDBG_SINGLESTEP
         self.vm.vcpu.set_guest_debug(control, regs)
 
     def on_debug_exit(self, run) -> None:
         """KVM_EXIT_DEBUG: a step, a breakpoint or a watchpoint."""
         self._running.clear()
+        self.frame = None
         _exc, _pad, _pc, dr6, _dr7 = abi.KVM_RUN_DEBUG.unpack_from(run, abi.KVM_RUN_EXIT_OFFSET)
+        if self.cpl3 and not dr6 & 0xF:       # a step: the same rules as a reported one
+            return self._after_step()
         stop = b"T05"
         for i, (rw, addr, _length) in enumerate(self.hw):
             if dr6 >> i & 1 and rw:
@@ -455,6 +577,11 @@ class GdbStub:
 
     def close(self) -> None:
         self._closing = True
+        if self.watch_steps and self.watch_seconds:
+            self.warn(f"gdb: watchpoints single-stepped {self.watch_steps} instructions "
+                      f"({self.watch_seconds / self.watch_steps * 1e6:.0f} us each)")
+        if self.sw is not None:
+            self.sw.close()
         if self._watcher is not None:
             self._watcher.join(1)
             self._watcher = None

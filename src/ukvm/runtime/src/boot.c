@@ -81,7 +81,7 @@ void ukvm_start(struct hvt_boot_info *bi)
 {
     ssp_init();
     cpu_set_fs_base(0);   /* TLS use before solo5_set_tls_base() faults at once */
-    cpu_init();
+    cpu_init(bi);
     if (bi->host_features & UKVM_FEATURE_CPL3)
         cpu_enter_user();   /* from here on everything runs at CPL3 */
     cpu_init_idt();         /* natively at CPL3 where the drop happened (cpu.c) */

@@ -48,10 +48,22 @@ struct dtr {
     uint64_t base;
 } __attribute__((packed));
 
-/* Pushed by the CPU and trap_entry (start.S), lowest address first. */
+/* Saved by trap_entry (start.S) and pushed by the CPU, lowest address first: the general
+ * registers in ModRM order (the RSP slot unused), vector, error code, then the CPU's frame. */
+struct trap_regs {
+    uint64_t gpr[16];
+    uint64_t vector, ec;
+    uint64_t rip, cs, rflags, rsp, ss;
+};
+
+/* What a fatal trap passes with its abort (the halt cookie; the tender's core dumps read it). */
 struct trap_frame {
     uint64_t cr2, ec, rip, cs, rflags, rsp, ss;
 };
+
+#define UKVM_DEBUG_PORT 0x5fd
+#define GP_EC_IDT_BP ((3 << 3) | 2)    /* #GP for int3 at CPL3 through a DPL 0 gate */
+static const struct hvt_boot_info *boot_info;
 
 static uint64_t gdt[7] = {
     0,
@@ -117,8 +129,9 @@ void cpu_init_idt(void)
     }
 }
 
-void cpu_init(void)
+void cpu_init(const struct hvt_boot_info *bi)
 {
+    boot_info = bi;
     uint64_t tb = (uint64_t)(uintptr_t)&tss;
     tss.ist[0] = (uint64_t)(uintptr_t)(trap_stack + TRAP_STACK_SIZE);
     tss.ist[1] = (uint64_t)(uintptr_t)(fault_stack + TRAP_STACK_SIZE);
@@ -154,15 +167,35 @@ static const char *const trap_names[] = {
     "#24", "#25", "#26", "#27", "#28", "#29", "#30", "#31",
 };
 
-void ukvm_trap(uint64_t vec, struct trap_frame *f) __attribute__((noreturn));
-void ukvm_trap(uint64_t vec, struct trap_frame *f)
+/* A debugger's stop from CPL3 (a single step, a debug register, its int3): report the saved
+ * registers' address to the tender, which serves the debugger and may change them. The flag is
+ * read from boot info each time, so that the tender can set it on a VM restored from a snapshot. */
+static int debugger_stop(struct trap_regs *r)
 {
+    if (!boot_info || !(boot_info->host_features & UKVM_FEATURE_DEBUG) || (r->cs & 3) != 3)
+        return 0;
+    if (r->vector != 1 && r->vector != 3 && !(r->vector == 13 && r->ec == GP_EC_IDT_BP))
+        return 0;
+    __asm__ __volatile__("outl %%eax, %%dx" : : "a"((uint32_t)(uintptr_t)r), "d"((uint16_t)UKVM_DEBUG_PORT)
+                         : "memory");
+    return 1;
+}
+
+void ukvm_trap(struct trap_regs *r);
+void ukvm_trap(struct trap_regs *r)
+{
+    if (debugger_stop(r))
+        return;
+    uint64_t vec = r->vector;
     int has_ec = vec == 8 || (vec >= 10 && vec <= 14) || vec == 17;
-    if (!has_ec)
-        f->cr2 = 0;
+    static struct trap_frame f;     /* fatal: one at most */
+    uint64_t cr2 = 0;
+    if (has_ec)
+        __asm__ __volatile__("movq %%cr2, %0" : "=r"(cr2));
+    f = (struct trap_frame){ cr2, r->ec, r->rip, r->cs, r->rflags, r->rsp, r->ss };
     log_printf(LOG_INFO, "Solo5: trap: type=%s ec=0x%lx rip=0x%lx rsp=0x%lx rflags=0x%lx\n",
-               trap_names[vec & 31], f->ec, f->rip, f->rsp, f->rflags);
+               trap_names[vec & 31], f.ec, f.rip, f.rsp, f.rflags);
     if (vec == 14)
-        log_printf(LOG_INFO, "Solo5: trap: cr2=0x%lx\n", f->cr2);
-    PANIC("Fatal trap", f);
+        log_printf(LOG_INFO, "Solo5: trap: cr2=0x%lx\n", f.cr2);
+    PANIC("Fatal trap", &f);
 }

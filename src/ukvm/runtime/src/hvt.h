@@ -52,6 +52,7 @@ struct hvt_hc_halt {
 /* The v0.12 shared network ring (host_features bit 0, boot info net_ring). */
 #define HVT_FEATURE_RING_IO 1
 #define UKVM_FEATURE_CPL3 (1U << 31)   /* ukvm tender: user page tables and CR4.FSGSBASE */
+#define UKVM_FEATURE_DEBUG (1U << 30)  /* ukvm tender under --gdb: report #DB and int3 (cpu.c) */
 #define HVT_RING_SIZE 1024
 #define HVT_RING_KICK_PORT 0x600
 enum hvt_ring_op { HVT_RING_NET_WRITE = 1, HVT_RING_NET_READ = 2 };

@@ -30,7 +30,7 @@ void abort_msg(const char *file, int line, const char *msg, void *cookie) __attr
 void hvt_halt(int status, void *cookie) __attribute__((noreturn));
 
 /* cpu.c */
-void cpu_init(void);
+void cpu_init(const struct hvt_boot_info *bi);
 void cpu_init_idt(void);
 void cpu_enter_user(void);
 void cpu_set_fs_base(uint64_t base);

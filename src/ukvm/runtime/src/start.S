@@ -22,8 +22,10 @@
 
 /*
  * ukvm MODE note: descriptor = flags, bit 0 asks a ukvm tender for user-accessible page tables
- * so that the runtime can run the application at CPL3 (docs/cpl3.md). The value comes from the
- * link (`ukvm build --cpl0` sets it to 0); Solo5 tenders look only at Solo5 notes.
+ * so that the runtime can run the application at CPL3 (docs/cpl3.md); bit 1 says this runtime
+ * reports #DB and int3 to a debugger (UKVM_FEATURE_DEBUG), so --gdb may keep it at CPL3. The
+ * value comes from the link (`ukvm build --cpl0` sets it to 0); Solo5 tenders look only at Solo5
+ * notes.
  */
     .section .note.ukvm, "a", @note
     .balign 4
@@ -43,7 +45,10 @@ _start:
 
 /*
  * One 16-byte stub per exception vector 0-31. Stubs for vectors without a CPU error code push
- * a zero so that every frame looks alike; all traps are fatal, so no registers are saved.
+ * a zero so that every frame looks alike, then the vector. trap_entry saves the general registers
+ * (struct trap_regs in cpu.c, the CPL3 supervisor's frame layout) before touching any, so that
+ * under --gdb a debugger's stop (#DB, int3) can show them, change them and resume; every other
+ * trap is fatal and never returns.
  */
     .text
     .balign 16
@@ -56,19 +61,50 @@ ukvm_trap_stubs:
     .else
     pushq $0
     .endif
-    movl $vec, %edi
+    pushq $vec
     jmp trap_entry
     vec = vec + 1
     .endr
 
-/* Complete the frame (cr2, ec, rip, cs, rflags, rsp, ss) and report it; never returns. */
 trap_entry:
-    movq %cr2, %rax
+    pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rdi
+    pushq %rsi
+    pushq %rbp
+    pushq $0                /* the RSP slot: the interrupted RSP is in the CPU's part */
+    pushq %rbx
+    pushq %rdx
+    pushq %rcx
     pushq %rax
-    movq %rsp, %rsi
+    movq %rsp, %rdi
+    movq %rsp, %rbx
     andq $-16, %rsp
-    call ukvm_trap
-1:  hlt
-    jmp 1b
+    call ukvm_trap          /* returns only after a debugger's stop */
+    movq %rbx, %rsp
+    popq %rax
+    popq %rcx
+    popq %rdx
+    popq %rbx
+    addq $8, %rsp
+    popq %rbp
+    popq %rsi
+    popq %rdi
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    addq $16, %rsp          /* vector, error code */
+    iretq
 
     .section .note.GNU-stack, "", @progbits

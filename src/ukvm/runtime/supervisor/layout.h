@@ -18,6 +18,7 @@
 #define SV_STACK_TOP     0xf000   /* RSP0: every exception from CPL3 starts here */
 #define SV_DF_STACK_TOP  0x10000  /* IST1: NMI, #DF, #MC */
 #define SV_REPORT_PORT   0x5fe    /* outl of a report reason; closed to CPL3 by the TSS bitmap */
+#define SV_DEBUG_PORT    0x5fd    /* under --gdb: outl of a frame's address at a #DB or int3 */
 
 /* Field addresses the assembly needs (supervisor.c checks them against struct sv_state). */
 #define SV_STATE_N_EMULATED (SV_STATE + 25 * 8)
@@ -50,6 +51,8 @@ struct sv_state {
     /* Statistics, read by tests and benchmarks. */
     uint64_t n_emulated, n_delivered;
     uint64_t report_frame;     /* address of the guest's saved registers (struct frame) */
+    /* Set by the tender under --gdb: the guest's #DB and int3 stop at SV_DEBUG_PORT. */
+    uint64_t debug;
 };
 #endif
 #endif

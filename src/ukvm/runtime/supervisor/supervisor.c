@@ -46,7 +46,7 @@ _Static_assert(SV_STATE + __builtin_offsetof(struct sv_state, n_emulated) == SV_
 #define PF_USER 0x4
 #define NO_EC (~0ULL)
 
-enum { VEC_DB = 1, VEC_UD = 6, VEC_DF = 8, VEC_GP = 13, VEC_PF = 14 };
+enum { VEC_DB = 1, VEC_BP = 3, VEC_UD = 6, VEC_DF = 8, VEC_GP = 13, VEC_PF = 14 };
 
 void sv_trap(struct frame *f);
 
@@ -60,6 +60,13 @@ static void __attribute__((noreturn)) report(struct frame *f, u64 reason, u64 ar
     ST->report_reason = reason;
     for (;;)
         __asm__ __volatile__("outl %%eax, %%dx" : : "a"((u32)reason), "d"((u16)SV_REPORT_PORT));
+}
+
+/* Under --gdb: the debugger's stop. The tender reads and may change the guest's registers in
+ * `f` while the vCPU sits at this `out`; returning resumes the guest with them. */
+static void debug_stop(struct frame *f)
+{
+    __asm__ __volatile__("outl %%eax, %%dx" : : "a"((u32)(uintptr_t)f), "d"((u16)SV_DEBUG_PORT) : "memory");
 }
 
 static u64 rdmsr(u32 msr)
@@ -434,6 +441,10 @@ static void general_protection(struct frame *f)
     }
     case 0xcf: interrupt_return(f, &in); return;                          /* iretq */
     case 0xcc: case 0xcd:                                                 /* int3, int n */
+        if (op == 0xcc && ST->debug && (f->ec & 3) == 2) {     /* the debugger's breakpoint */
+            debug_stop(f);
+            return;
+        }
         if ((f->ec & 3) == 2) {
             u8 vec = 3;
             if (op == 0xcd && !next(&in, &vec))
@@ -594,8 +605,21 @@ void sv_trap(struct frame *f)
         report(f, SV_REPORT_INTERNAL, cr2);
     }
     switch (f->vector) {
-    case VEC_GP:
+    case VEC_GP: {
+        u64 emulated = ST->n_emulated;
         general_protection(f);
+        /* Single-stepping over an instruction emulated here: the step ends after it. */
+        if (ST->debug && (f->rflags & RFLAGS_TF) && ST->n_emulated != emulated)
+            debug_stop(f);
+        return;
+    }
+    case VEC_DB:                /* a single step (TF) or a debug-register hit */
+    case VEC_BP:                /* int3, where the host does not check the gate's DPL (kvm_pvm) */
+        if (ST->debug) {
+            debug_stop(f);
+            return;
+        }
+        deliver(f, f->vector, NO_EC, f->rip);
         return;
     case VEC_PF: {
         u64 cr2;
