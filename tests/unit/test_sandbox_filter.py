@@ -169,6 +169,7 @@ def test_gdb_declares_its_socket_and_debug_registers():
     from ukvm.modules.gdb.stub import GdbStub
     stub = GdbStub.__new__(GdbStub)
     stub.sock = SimpleNamespace(fileno=lambda: 17)
+    stub.sw = None                   # a CPL0 session: no int3 writes through /proc/self/mem
     gdb = GdbModule.__new__(GdbModule)
     gdb.stub = stub
     program = compile_needs(run_needs(fake_vm([Core(), gdb])))
