@@ -288,3 +288,19 @@ def test_a_host_network_that_clashes_with_a_route_is_refused_before_the_tap(http
         assert p.returncode == 0
     finally:
         ns.close()
+
+
+def test_a_server_level_failure_is_one_line_and_a_drain(served):
+    """The TAP deleted under a running serve: its fd goes bad; serve says so once, drains, ends 1."""
+    s = served("--pool=2", "--tap=tapgone0")
+    assert s.client("seq", "3", "/before/")["ok"] == 3
+    s.ns.exec_ok("ip", "link", "del", "tapgone0")
+    try:
+        out, _ = s.proc.communicate(timeout=60)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    text = (s.output + out).decode(errors="replace")
+    assert s.proc.returncode == 1, text
+    assert text.count("ukvm serve: TAP tapgone0: ") == 1 and "Traceback" not in text, text
+    assert "ukvm serve: stopped after a failure: 3 requests served" in text, text
