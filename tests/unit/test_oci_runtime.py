@@ -160,3 +160,23 @@ def test_oci_build_streams_block_images(guest, tmp_path):
         sizes = sorted(m.size for m in tar.getmembers())
     assert sizes[-1] > 128 << 20                     # the layer holds the whole disk
     assert not list(tmp_path.glob(".layer-*"))       # its temporary file is gone
+
+
+@pytest.mark.parametrize("value", [
+    {"a": 1, "b": [1, 2], "c": {"d": "e\"\\\n\t\x01é"}, "e": [], "f": {}, "g": None, "h": True, "i": False},
+    [3, 4], "plain", {"annotations": {"io.kubernetes.cri.container-type": "container"}}])
+def test_json_text_is_json(value):
+    from ukvm.oci.state import json_text
+    for indent in (None, 2):
+        assert json.loads(json_text(value, indent)) == value
+        if indent and isinstance(value, dict) and all(isinstance(v, (int, list)) for v in value.values()):
+            assert json_text(value, indent) == json.dumps(value, indent=indent)
+    assert json_text({"x": [1, {"y": "z"}]}, 2) == json.dumps({"x": [1, {"y": "z"}]}, indent=2)
+    assert json_text({"x": [1, {"y": "z"}]}) == json.dumps({"x": [1, {"y": "z"}]})
+
+
+def test_signal_table_matches_the_host():
+    from ukvm.oci.runtime import SIGNALS
+    for name, number in SIGNALS.items():
+        if hasattr(signal, "SIG" + name):
+            assert getattr(signal, "SIG" + name) == number, name

@@ -10,7 +10,6 @@ the FIFO: the process execs the tender, with the image's files as fds ukvm-oci c
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from ukvm.oci import cgroups, network
@@ -115,6 +114,7 @@ def _send_console(path: str) -> None:
     becomes the process's stdio and controlling terminal."""
     import array
     import fcntl
+    import socket
     import termios
     master, slave = os.openpty()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 from ukvm.oci.state import OciError
 
@@ -79,6 +78,7 @@ def enter_netns(spec: dict) -> None:
         finally:
             os.close(fd)
     else:
+        import subprocess
         libc_call("unshare", CLONE_NEWNET)
         subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True)
     if _ns_id("/proc/self/ns/net") in host:       # belt and braces: never set up the host's NIC
@@ -86,6 +86,7 @@ def enter_netns(spec: dict) -> None:
 
 
 def _ip(*args: str) -> str:
+    import subprocess        # only for a unikernel with a NIC (it costs a create ~10 ms)
     p = subprocess.run(["ip", *args], capture_output=True, text=True)
     if p.returncode != 0:
         raise OciError(f"ip {' '.join(args)}: {p.stderr.strip()}")
@@ -93,6 +94,7 @@ def _ip(*args: str) -> str:
 
 
 def _tc(*args: str) -> None:
+    import subprocess
     p = subprocess.run(["tc", *args], capture_output=True, text=True)
     if p.returncode != 0:
         raise OciError(f"tc {' '.join(args)}: {p.stderr.strip()}")

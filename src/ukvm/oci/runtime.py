@@ -8,20 +8,19 @@ the container's cgroup and PID namespace (oci/create.py). Anything else (the pod
 container, an ordinary image) is handed to runc unchanged, decided by what the container is,
 never by annotations alone (docs/kubernetes.md).
 
-Every command starts lean: this module imports os, sys, json and the light state module only;
+Every command starts lean: this module imports os, sys and the light state module only;
 a command for a container runc runs is exec'ed to runc as soon as the state directory (or, for
 `create`, the bundle) says so, and `state`/`kill`/`delete`/`ps`/`start` never import the tender.
 Signals go to the container's one process; `kill --all` signals only it (it has no children).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 from ukvm.errors import UkvmError
-from ukvm.oci.state import DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive
+from ukvm.oci.state import DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, json_text
 
 RUNC_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
 EXEC_REFUSAL = ("exec: a unikernel container has no processes or shell to run a command in; use httpGet or "
@@ -66,19 +65,25 @@ def cmd_state(c: Container) -> int:
     out = {"ociVersion": OCI_VERSION, "id": state["id"], "pid": state["pid"] if status != "stopped" else 0,
            "status": status, "bundle": state["bundle"], "rootfs": state["rootfs"], "created": state["created"],
            "owner": "", "annotations": state["annotations"]}
-    print(json.dumps(out, indent=2))
+    print(json_text(out, indent=2))
     return 0
 
 
+# Linux's signal numbers (x86_64 and the other common ABIs), so that `kill` needs no `signal`
+# module (which imports enum); checked against the signal module in the unit tests.
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "IOT": 6, "BUS": 7, "FPE": 8, "KILL": 9,
+           "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15, "STKFLT": 16, "CHLD": 17,
+           "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25,
+           "VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31}
+
+
 def parse_signal(text: str) -> int:
-    import signal
     if text.isdigit():
         return int(text)
-    name = "SIG" + text.upper().removeprefix("SIG")
-    value = getattr(signal, name, None)
-    if not isinstance(value, int) or name.startswith("SIG_"):
+    name = text.upper().removeprefix("SIG")
+    if name not in SIGNALS:
         raise OciError(f"unknown signal {text!r}")
-    return int(value)
+    return SIGNALS[name]
 
 
 def cmd_kill(c: Container, sig: int) -> int:
@@ -111,7 +116,7 @@ def cmd_ps(c: Container, fmt: str) -> int:
     state = c.load()
     pids = [state["pid"]] if alive(state["pid"], state["start_time"]) else []
     if fmt == "json":
-        print(json.dumps(pids))
+        print(json_text(pids))
     else:
         print("PID")
         for pid in pids:
@@ -120,7 +125,7 @@ def cmd_ps(c: Container, fmt: str) -> int:
 
 
 def cmd_features() -> int:
-    print(json.dumps({"ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
+    print(json_text({"ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
                       "mountOptions": [], "linux": {"namespaces": ["network", "pid"], "capabilities": [],
                                                     "cgroup": {"v1": True, "v2": True, "systemd": True},
                                                     "seccomp": {"enabled": False}, "apparmor": {"enabled": False},
@@ -133,6 +138,7 @@ def cmd_create(root: str, cid: str, bundle: str, pid_file: str | None, console_s
                systemd_cgroup: bool, log: Log, argv: list[str]) -> int:
     """The bundle decides: a CRI sandbox goes to runc before the rootfs is looked at; otherwise
     the image is read (as hostile input) and a unikernel is created here, anything else by runc."""
+    import json
     bundle = os.path.abspath(bundle)
     try:
         with open(os.path.join(bundle, "config.json")) as f:

@@ -1,11 +1,13 @@
 """oci/state.py: a ukvm-oci container's state on disk, and the log the shim reads.
 
-Imported by every ukvm-oci command, so it stays light: os, json, time; nothing of the tender.
-State lives in ROOT/ukvm-oci/ID/state.json (runc keeps ROOT/ID for the containers it runs).
+Imported by every ukvm-oci command, so it stays light: os, sys, time, marshal (all built in);
+not json, whose re, enum and collections cost more than the rest of a command. State lives in
+ROOT/ukvm-oci/ID/state.bin (marshal: only ukvm-oci reads it; runc keeps ROOT/ID for its own
+containers), and the little JSON ukvm-oci prints is written by json_text().
 """
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import sys
 import time
@@ -17,10 +19,42 @@ DEFAULT_ROOT = "/run/ukvm-oci"
 ANNOTATION = "com.urunc.unikernel."
 UKVM_BLOCKS = "com.ukvm.blocks"
 CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+STATE = "state.bin"
 
 
 class OciError(UkvmError):
     pass
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json_str(s: str) -> str:
+    return '"' + "".join(_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ch < " " else ch) for ch in s) + '"'
+
+
+def json_text(value, indent: int | None = None, _level: int = 0) -> str:
+    """JSON for the few shapes ukvm-oci prints (dicts, lists, strings, numbers, booleans, None),
+    in json.dumps' layout, without importing json."""
+    if isinstance(value, str):
+        return _json_str(value)
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    pad = "" if indent is None else "\n" + " " * (indent * (_level + 1))
+    end = "" if indent is None else "\n" + " " * (indent * _level)
+    sep = ", " if indent is None else ","
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}{_json_str(str(k))}: {json_text(v, indent, _level + 1)}" for k, v in value.items()]
+        return "{" + sep.join(items) + end + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        return "[" + sep.join(pad + json_text(v, indent, _level + 1) for v in value) + end + "]"
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def utc_now() -> str:
@@ -46,8 +80,8 @@ class Log:
         if not self.path:
             return
         now = utc_now()
-        line = json.dumps({"level": level, "msg": message, "time": now}) if self.fmt == "json" else \
-            f'time="{now}" level={level} msg={json.dumps(message)}'
+        line = json_text({"level": level, "msg": message, "time": now}) if self.fmt == "json" else \
+            f'time="{now}" level={level} msg={json_text(message)}'
         try:
             with open(self.path, "a") as f:
                 f.write(line + "\n")
@@ -64,20 +98,23 @@ class Container:
         self.fifo = os.path.join(self.dir, "exec.fifo")
 
     def exists(self) -> bool:
-        return os.path.exists(os.path.join(self.dir, "state.json"))
+        return os.path.exists(os.path.join(self.dir, STATE))
 
     def load(self) -> dict:
         try:
-            with open(os.path.join(self.dir, "state.json")) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+            with open(os.path.join(self.dir, STATE), "rb") as f:
+                state = marshal.load(f)
+        except (OSError, EOFError, ValueError, TypeError):
             raise OciError(f"container {self.id} does not exist") from None
+        if not isinstance(state, dict):
+            raise OciError(f"container {self.id}: damaged state")
+        return state
 
     def save(self, state: dict) -> None:
-        tmp = os.path.join(self.dir, "state.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, os.path.join(self.dir, "state.json"))
+        tmp = os.path.join(self.dir, STATE + ".tmp")
+        with open(tmp, "wb") as f:
+            marshal.dump(state, f)
+        os.replace(tmp, os.path.join(self.dir, STATE))
 
     def status(self, state: dict) -> str:
         if not alive(state["pid"], state["start_time"]):
@@ -85,7 +122,7 @@ class Container:
         return "created" if os.path.exists(self.fifo) else "running"
 
     def remove(self) -> None:
-        for name in ("exec.fifo", "state.json", "state.json.tmp"):
+        for name in ("exec.fifo", STATE, STATE + ".tmp"):
             try:
                 os.unlink(os.path.join(self.dir, name))
             except FileNotFoundError:

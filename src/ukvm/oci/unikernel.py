@@ -7,7 +7,7 @@ Every path from the image is opened inside the rootfs by safeopen and held by fd
 """
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import os
 
@@ -50,8 +50,8 @@ def unikernel_config(spec: dict, root_fd: int) -> dict[str, str] | None:
             from_file = json.loads(data)
             for k, v in from_file.items():
                 if isinstance(k, str) and isinstance(v, str):
-                    keys.setdefault(k, base64.b64decode(v, validate=True).decode())
-        except (ValueError, AttributeError, UnicodeDecodeError):
+                    keys.setdefault(k, binascii.a2b_base64(v, strict_mode=True).decode())
+        except (ValueError, AttributeError, UnicodeDecodeError, binascii.Error):
             raise OciError(f"image refused: {URUNC_JSON}: not urunc's JSON of base64 strings") from None
     binary = keys.get(ANNOTATION + "binary")
     if not binary or keys.get(ANNOTATION + "hypervisor", "hvt") != "hvt":
