@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT, needs_kvm
+from ukvm.oci.runtime import EXEC_REFUSAL
 from ukvm.oci.unikernel import TENDER_MIB
 from containerd_env import PAUSE_IMAGE, POD_SUBNET, Containerd, missing
 
@@ -110,6 +111,8 @@ def test_detached_kill_ps_delete(containerd, images):
         assert tasks[tasks.index("sleep1") + 2] == "RUNNING", tasks
         ps = containerd.ctr("task", "ps", "sleep1").stdout.split()
         assert ps[ps.index("INFO") + 1:] == [tasks[tasks.index("sleep1") + 1], "-"], ps   # just the tender
+        probe = containerd.ctr("task", "exec", "--exec-id", "probe", "sleep1", "/bin/true", check=False)
+        assert probe.returncode != 0 and EXEC_REFUSAL in probe.stderr, probe.stderr    # kubelet's exec probe too
         containerd.ctr("task", "kill", "--all", "sleep1")
         deadline = time.monotonic() + 30
         while "STOPPED" not in containerd.ctr("task", "ls").stdout:

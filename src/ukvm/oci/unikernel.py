@@ -20,10 +20,11 @@ MIB = 1 << 20
 DEFAULT_MEM_MIB = 512
 MIN_GUEST_MIB = 2
 GUEST_MAX_MIB = 4 << 10            # hvt's largest guest (hvt_abi.MEM_MAX)
-# What the tender itself needs besides the guest's memory (the interpreter, ukvm, KVM's own
-# structures), charged to the same cgroup: measured 30-38 MiB RSS for the lwIP example on this
-# host; the rest is headroom so that a guest using all its memory is not OOM-killed.
-TENDER_MIB = 48
+# What the tender itself needs besides the guest's memory (the interpreter, ukvm, KVM's page
+# tables, the network ring), charged to the same cgroup: its RSS measured 10-11 MiB (4-5 MiB
+# anonymous) on this host, at 64 and 512 MiB guests; the rest is headroom, so that a guest using
+# all of its memory does not get the container OOM-killed.
+TENDER_MIB = 32
 
 
 def is_sandbox(spec: dict) -> bool:
