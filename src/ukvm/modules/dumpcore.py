@@ -45,6 +45,10 @@ class DumpcoreModule(Module):
         super().__init__(manifest)
         self.dir: str | None = None
         self.dirfd = -1
+        # `ukvm serve` (serve/server.py): each clone's dump gets a name of its own (by
+        # connection), and dumps are bounded (a PerMinute shared by the clones).
+        self.name_core = None            # () -> str
+        self.may_dump = None             # () -> bool
 
     def set_option(self, _opt: str, _device, value: str) -> bool:
         self.dir = value
@@ -82,9 +86,13 @@ class DumpcoreModule(Module):
             self.dump(vm, 0)
 
     def dump(self, vm: VM, cookie: int) -> None:
-        path = os.path.join(self.dir, self.core_name)
+        name = self.name_core() if self.name_core is not None else self.core_name
+        path = os.path.join(self.dir, name)
+        if self.may_dump is not None and not self.may_dump():
+            self.warn(f"dumpcore: {path} not written: the bound of cores a minute was reached")
+            return
         try:
-            fd = os.open(self.core_name, CORE_OPEN_FLAGS, 0o600, dir_fd=self.dirfd)
+            fd = os.open(name, CORE_OPEN_FLAGS, 0o600, dir_fd=self.dirfd)
         except OSError as e:
             self.warn(f"dumpcore: open({path}): {os.strerror(e.errno)}")
             self.warn("dumpcore: error(s) dumping core, file may be incomplete")
@@ -103,6 +111,28 @@ class DumpcoreModule(Module):
         if self.dirfd >= 0:
             os.close(self.dirfd)
             self.dirfd = -1
+
+
+class PerMinute:
+    """At most `limit` events in any 60 seconds, across threads (serve's clones)."""
+
+    def __init__(self, limit: int):
+        import threading
+        from collections import deque
+        self.limit = limit
+        self.times = deque()
+        self.lock = threading.Lock()
+
+    def take(self, _now=None) -> bool:
+        import time
+        now = time.monotonic() if _now is None else _now
+        with self.lock:
+            while self.times and now - self.times[0] >= 60:
+                self.times.popleft()
+            if len(self.times) >= self.limit:
+                return False
+            self.times.append(now)
+            return True
 
 
 def prstatus(vm: VM, cookie: int) -> bytes:

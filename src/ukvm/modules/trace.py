@@ -51,6 +51,7 @@ class Tracer:
         self.dumps = json.dumps
         self.fd, self.mem = fd, mem
         self.t0 = time.monotonic()
+        self.extra: dict = {}            # fields every line carries (serve: the connection)
 
     def emit(self, record: dict) -> None:
         record["t"] = round(time.monotonic() - self.t0, 6)
@@ -79,7 +80,7 @@ class Tracer:
 
         def traced(gpa: int) -> None:
             before = self._fields(nr, gpa)
-            record = {"call": name, "gpa": f"{gpa:#x}"}
+            record = {"call": name, "gpa": f"{gpa:#x}", **self.extra}
             if before is not None:
                 record["args"] = {k: v for k, v in before.items() if k not in out_names or k == "len"}
                 if nr == hvt.HVT_HYPERCALL_PUTS:
@@ -178,9 +179,30 @@ class TraceModule(Module):
         return [(self.fd, "write")] if self.fd >= 0 else []
 
     def close(self) -> None:
-        if self.fd > 2:
+        if self.fd > 2 and self.path is not None:      # serve's clones share serve's descriptor
             os.close(self.fd)
         self.fd = -1
+
+
+class ConnectionTracer:
+    """`ukvm serve --trace=FILE --trace-every=N`: a clone's hypercalls traced for one connection
+    in N. The clone keeps both handler lists; assigning a connection swaps the table's entries
+    in place (the run loop holds the list), so untraced connections run the plain handlers."""
+
+    def __init__(self, vm: VM, fd: int, every: int):
+        self.every = every
+        self.tracer = Tracer(fd, vm.mem)
+        self.table = vm.hypercalls.handlers
+        self.plain = list(self.table)
+        self.traced = [self.tracer.wrap(nr, h) if h is not None else None for nr, h in enumerate(self.plain)]
+
+    def assign(self, number: int) -> None:
+        """Called as connection `number` (from 1) is given to the clone, and with 0 when its run
+        is over (what the clone does between connections is no connection's)."""
+        chosen = self.traced if number and number % self.every == 0 else self.plain
+        self.tracer.extra = {"conn": number}
+        for nr, handler in enumerate(chosen):
+            self.table[nr] = handler
 
 
 def open_trace(path: str) -> int:
@@ -188,6 +210,7 @@ def open_trace(path: str) -> int:
     if path == "-":
         return 2
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # O_APPEND: serve's clones write whole lines to one file from several threads.
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise UsageError(f"trace: cannot open {path}: {os.strerror(e.errno)}", show_usage=False) from None

@@ -18,6 +18,8 @@ from ukvm.options import (GUEST_CPL, HELP, MEM, BadValue, Option, OptionTable, i
                           text)
 
 DEFAULT_DEADLINE_S = 10.0
+DEFAULT_CORES_PER_MINUTE = 10
+DEFAULT_TRACE_EVERY = 100
 DEFAULT_POOL = 4
 DEFAULT_MAX_WAITING = 256
 MAX_POOL = 256              # each clone is a VM and a thread
@@ -61,6 +63,14 @@ TABLE = OptionTable([
     Option("max-waiting", "connections waiting for a clone, at most", integer(0, MAX_WAITING), metavar="N",
            default=str(DEFAULT_MAX_WAITING)),
     Option("tap", "the TAP's name (default ukvms<pid>)", text(IFNAMSIZ - 1), metavar="NAME"),
+    Option("dumpcore", "write a core file to DIR for each connection whose clone aborts, traps or fails "
+           "(DIR writable by --user)", text(4096, spaces=True), metavar="DIR"),
+    Option("dumpcore-per-minute", "at most N cores a minute", integer(1, 10000), metavar="N",
+           default=str(DEFAULT_CORES_PER_MINUTE)),
+    Option("trace", "write the hypercalls of one connection in --trace-every to FILE (JSON lines, "
+           "each with the connection's number)", text(4096, spaces=True), metavar="FILE"),
+    Option("trace-every", "trace every Nth connection", integer(1, 1 << 30), metavar="N",
+           default=str(DEFAULT_TRACE_EVERY)),
     Option("user", "the user serve runs as once set up (docs/security.md)", text(256), metavar="NAME",
            default="nobody"),
     GUEST_CPL,
@@ -93,6 +103,10 @@ class ServeConfig:
     tap_name: str | None = None
     guest_cpl: str = "auto"
     user: str = "nobody"                   # who serve is once set up (sandbox)
+    dumpcore: str | None = None            # --dumpcore=DIR: cores of clones that crash
+    dumpcore_per_minute: int = DEFAULT_CORES_PER_MINUTE
+    trace: str | None = None               # --trace=FILE: one connection in trace_every
+    trace_every: int = DEFAULT_TRACE_EVERY
     no_sandbox: bool = False               # --x-no-sandbox: debugging only, unconfined
 
     def __post_init__(self):
@@ -127,7 +141,9 @@ class ServeConfig:
             guest_port=guest_port, host=host or default_host_ip(guest_ip), host_given=host is not None,
             mem=values["mem"], pool=values["pool"], metrics=values["metrics"], deadline_s=values["deadline"],
             max_waiting=values["max-waiting"], tap_name=values["tap"], guest_cpl=values["x-guest-cpl"],
-            user=values["user"], no_sandbox=values["x-no-sandbox"])
+            user=values["user"], no_sandbox=values["x-no-sandbox"], dumpcore=values["dumpcore"],
+            dumpcore_per_minute=values["dumpcore-per-minute"], trace=values["trace"],
+            trace_every=values["trace-every"])
 
 
 def _options_part(argv: list[str]) -> list[str]:

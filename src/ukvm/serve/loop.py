@@ -147,7 +147,8 @@ class EventLoop:
                 client.close()
                 self._count_error(type(e).__name__)
                 continue
-            conn = Connection(client, time.perf_counter(), time.monotonic() + self.config.deadline_s)
+            self.accepted += 1
+            conn = Connection(client, time.perf_counter(), time.monotonic() + self.config.deadline_s, self.accepted)
             if self.idle:
                 self._start_connection(conn, self.idle.popleft())
             elif len(self.waiting) < self.config.max_waiting:

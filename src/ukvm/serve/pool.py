@@ -30,6 +30,7 @@ class Clone:
         self.closing = False
         self.retired = False             # left the pool (broken); its sockets are closed
         self._report = report
+        self.on_assign = None            # --trace: told each connection's number (trace.py)
         self.thread = threading.Thread(target=self._work, name=f"ukvm-clone{index}", daemon=True)
 
     def start(self) -> None:
@@ -37,6 +38,8 @@ class Clone:
 
     def assign(self, conn) -> None:
         self.conn = conn
+        if self.on_assign is not None:
+            self.on_assign(conn.number)
         self.vm.core.parked = False      # from now on its POLL timeouts are the guest's own
 
     def _work(self) -> None:
@@ -54,6 +57,8 @@ class Clone:
                 outcome = ("stopped", None) if status is None else ("halt", status)
             except Exception as e:       # noqa: BLE001 (any failure ends this run only)
                 outcome = ("fault", _describe(e))
+            if self.on_assign is not None:
+                self.on_assign(0)
             if self.closing:
                 return
             self._discard_frames()

@@ -18,9 +18,10 @@ AGAIN = object()
 
 class Connection:
     __slots__ = ("client", "upstream", "clone", "port", "deadline", "started", "to_guest", "to_client",
-                 "client_eof", "guest_eof", "shut_upstream", "shut_client", "connected")
+                 "client_eof", "guest_eof", "shut_upstream", "shut_client", "connected", "number")
 
-    def __init__(self, client: socket.socket, started: float, deadline: float):
+    def __init__(self, client: socket.socket, started: float, deadline: float, number: int = 0):
+        self.number = number                             # counted from 1 in accept order (cores' names)
         self.client: socket.socket | None = client      # None once the connection is finished
         self.upstream: socket.socket | None = None       # to the guest, through the TAP
         self.clone = None

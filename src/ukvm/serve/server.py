@@ -58,6 +58,12 @@ class ServeError(UkvmError):
     pass
 
 
+def core_name(clone: Clone) -> str:
+    """A crashed connection's core: named by the server's pid and the connection's number."""
+    conn = clone.conn
+    return f"core.ukvm-serve.{os.getpid()}.conn{conn.number if conn is not None else 0}"
+
+
 def vcpu_cpus() -> set[int]:
     """The CPUs for clones' vCPU threads: all this process may use but the first, which is left to
     the event loop. A vCPU that moves between CPUs costs kvm_pvm a great deal (measured: 30% more
@@ -82,6 +88,9 @@ class Server(EventLoop):
         self.drain_deadline = 0.0
         self.failure: str | None = None        # the server-level error that ended it, if any
         self.counts = collections.Counter()
+        self.accepted = 0                      # connections accepted: each one's number
+        self.cores = None                      # --dumpcore: the PerMinute bound the clones share
+        self.trace_fd = -1                     # --trace: the file the clones' tracers share
         self.retired_exits = collections.Counter()     # exits of clones that left the pool
         self.reset_seconds = Samples(RESET_SAMPLES)      # for the summary line (bench/)
         self.snapshot = None
@@ -200,6 +209,7 @@ class Server(EventLoop):
     def _add_clone(self, index: int, cpus: set[int]) -> None:
         modules = default_modules(self.snapshot.manifest())
         net = self._net_module(modules)
+        dump = self._dumpcore(modules)
         backend, sock = frame_pipe(f"clone{index}", MTU)
         net.attach_backend(net.manifest.devices()[0].name, backend)
         try:
@@ -210,9 +220,36 @@ class Server(EventLoop):
         vm.core.enable_wake()
         vm.enable_stats()
         clone = Clone(index, vm, sock, self._clone_report, cpus, backend.fd)
+        if dump is not None:
+            dump.name_core = lambda: core_name(clone)
+        if self.config.trace is not None:
+            self._trace(clone, modules)
         self.clones.append(clone)
         self.idle.append(clone)
         self.sel.register(sock, READ, ("clone", clone))
+
+    def _dumpcore(self, modules):
+        """--dumpcore: the clone's dumpcore module writes into DIR (its directory is opened when
+        the clone is made, before the sandbox), under the shared per-minute bound."""
+        if self.config.dumpcore is None:
+            return None
+        from ukvm.modules.dumpcore import DumpcoreModule, PerMinute
+        if self.cores is None:
+            self.cores = PerMinute(self.config.dumpcore_per_minute)
+        dump = next(m for m in modules if isinstance(m, DumpcoreModule))
+        dump.dir = self.config.dumpcore
+        dump.may_dump = self.cores.take
+        dump.warn = lambda msg: self.log(msg)
+        return dump
+
+    def _trace(self, clone: Clone, modules) -> None:
+        """--trace: the clone traces one connection in --trace-every into the shared file, opened
+        once now (before the sandbox); the clone's trace module declares the descriptor."""
+        from ukvm.modules.trace import ConnectionTracer, TraceModule, open_trace
+        if self.trace_fd < 0:
+            self.trace_fd = open_trace(self.config.trace)
+        next(m for m in modules if isinstance(m, TraceModule)).fd = self.trace_fd
+        clone.on_assign = ConnectionTracer(clone.vm, self.trace_fd, self.config.trace_every).assign
 
     def exit_counts(self) -> dict[int, int]:
         """Hypercall exits of all clones, those that left the pool included (a counter never
@@ -260,8 +297,8 @@ class Server(EventLoop):
         if self.snapshot is not None:
             self.snapshot.close()
             self.snapshot = None
-        for fd in (self.tap_fd, self.report_fd):
+        for fd in (self.tap_fd, self.report_fd, self.trace_fd if self.trace_fd > 2 else -1):
             if fd >= 0:
                 os.close(fd)
-        self.tap_fd = self.report_fd = -1
+        self.tap_fd = self.report_fd = self.trace_fd = -1
         self.sel.close()
