@@ -80,3 +80,39 @@ def test_the_launcher_runs_lean(tmp_path):
     p = subprocess.run([str(launcher), "features"], capture_output=True, text=True, timeout=60,
                        env={"PATH": os.environ["PATH"], "PYTHONPATH": "/nonexistent"})
     assert p.returncode == 0 and json.loads(p.stdout)["ociVersionMax"], p.stderr
+
+
+@pytest.mark.parametrize("text", [
+    ' {"a": [1, 2.5, -3e2, "x\\u00e9\\n", {"b" : null}] , "c":true, "d": false}\n', "[]", '"s"', "12",
+    '{"n": NaN, "i": -Infinity}', '{"a": 1} x', '{"a" 1}', "", "[1,]", '{"a": "\x01"}'])
+def test_parse_json_is_json_loads(text):
+    sys.path.insert(0, SRC)
+    from ukvm.oci.state import parse_json
+    try:
+        expected = json.loads(text)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            parse_json(text)
+        assert str(got.value) == str(e)
+        return
+    got = parse_json(text)
+    assert json.dumps(got) == json.dumps(expected)      # NaN compares unequal to itself
+
+
+def test_parse_json_takes_a_containerd_spec():
+    sys.path.insert(0, SRC)
+    from ukvm.oci.state import parse_json
+    text = subprocess.run(["ctr", "oci", "spec"], capture_output=True, text=True).stdout \
+        if subprocess.run(["which", "ctr"], capture_output=True).returncode == 0 else json.dumps({"x": [1, {"y": 2}]})
+    assert parse_json(text) == json.loads(text)
+
+
+def test_the_pods_sandbox_goes_to_runc_lean(root, tmp_path):
+    """`create` of the pause container: config.json says CRI sandbox, runc is exec'ed before the
+    rootfs is looked at and without json or the tender."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"root": {"path": "rootfs"}, "annotations": {
+        "io.kubernetes.cri.container-type": "sandbox"}}))
+    mods = loaded("--root", root, "create", "--bundle", str(bundle), "--pid-file", str(tmp_path / "pid"), "pause1")
+    assert "ukvm.oci.runtime" in mods and heavy(mods) == []

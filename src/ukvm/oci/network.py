@@ -8,7 +8,6 @@ before anything is touched.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from ukvm.oci.state import OciError
@@ -105,6 +104,7 @@ def setup_network() -> dict:
     with tc mirred both ways, the interface's address moved to the guest. Without an addressed
     interface (a container with no network) the TAP stays unconnected. The gateway is the
     namespace's default route (what the CNI result installed), none when there is none."""
+    import json              # only for a unikernel with a NIC, like subprocess
     links = json.loads(_ip("-j", "addr", "show"))
     pod = next((link for link in links if link.get("ifname") != "lo"
                 and any(a.get("family") == "inet" for a in link.get("addr_info", []))), None)

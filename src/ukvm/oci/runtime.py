@@ -20,7 +20,8 @@ import sys
 import time
 
 from ukvm.errors import UkvmError
-from ukvm.oci.state import DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, json_text
+from ukvm.oci.state import (DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, is_sandbox, json_text,
+                            parse_json)
 
 RUNC_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
 EXEC_REFUSAL = ("exec: a unikernel container has no processes or shell to run a command in; use httpGet or "
@@ -138,14 +139,12 @@ def cmd_create(root: str, cid: str, bundle: str, pid_file: str | None, console_s
                systemd_cgroup: bool, log: Log, argv: list[str]) -> int:
     """The bundle decides: a CRI sandbox goes to runc before the rootfs is looked at; otherwise
     the image is read (as hostile input) and a unikernel is created here, anything else by runc."""
-    import json
     bundle = os.path.abspath(bundle)
     try:
         with open(os.path.join(bundle, "config.json")) as f:
-            spec = json.load(f)
+            spec = parse_json(f.read())
     except (OSError, ValueError) as e:
         raise OciError(f"{bundle}/config.json: {e}") from None
-    from ukvm.oci.unikernel import is_sandbox
     if is_sandbox(spec):
         return _runc(argv)
     rootfs = (spec.get("root") or {}).get("path", "rootfs")

@@ -26,6 +26,11 @@ class OciError(UkvmError):
     pass
 
 
+def is_sandbox(spec: dict) -> bool:
+    """A CRI sandbox (the pod's pause container, which may carry the pod's unikernel annotations)."""
+    return (spec.get("annotations") or {}).get(CRI_CONTAINER_TYPE) == "sandbox"
+
+
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -55,6 +60,29 @@ def json_text(value, indent: int | None = None, _level: int = 0) -> str:
             return "[]"
         return "[" + sep.join(pad + json_text(v, indent, _level + 1) for v in value) + end + "]"
     raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+class _ScannerContext:
+    """What CPython's C JSON scanner reads from json's decoder: json.loads' defaults."""
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int, parse_constant = float, int, float      # NaN, Infinity, -Infinity
+
+
+def parse_json(text: str):
+    """json.loads(text) without importing json (with re and enum, ~10 ms of a create here): the
+    C scanner json itself uses (_json). Whatever it declines, or an interpreter without it, goes
+    to json, for json's own result or error message."""
+    try:
+        import _json
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        value, end = _json.make_scanner(_ScannerContext())(text, start)
+        if not text[end:].strip(" \t\n\r"):
+            return value
+    except Exception:       # noqa: BLE001  (json says what is wrong)
+        pass
+    import json
+    return json.loads(text)
 
 
 def utc_now() -> str:

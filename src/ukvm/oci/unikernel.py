@@ -8,11 +8,10 @@ Every path from the image is opened inside the rootfs by safeopen and held by fd
 from __future__ import annotations
 
 import binascii
-import json
 import os
 
 from ukvm.oci.safeopen import O_PATH, ImageFileError, open_regular, read_capped
-from ukvm.oci.state import ANNOTATION, CRI_CONTAINER_TYPE, UKVM_BLOCKS, OciError
+from ukvm.oci.state import ANNOTATION, UKVM_BLOCKS, OciError, is_sandbox, parse_json
 
 URUNC_JSON = "/urunc.json"
 URUNC_JSON_MAX = 64 << 10          # urunc's own files are a few hundred bytes
@@ -25,11 +24,6 @@ GUEST_MAX_MIB = 4 << 10            # hvt's largest guest (hvt_abi.MEM_MAX)
 # anonymous) on this host, at 64 and 512 MiB guests; the rest is headroom, so that a guest using
 # all of its memory does not get the container OOM-killed.
 TENDER_MIB = 32
-
-
-def is_sandbox(spec: dict) -> bool:
-    """A CRI sandbox (the pod's pause container, which may carry the pod's unikernel annotations)."""
-    return (spec.get("annotations") or {}).get(CRI_CONTAINER_TYPE) == "sandbox"
 
 
 def unikernel_config(spec: dict, root_fd: int) -> dict[str, str] | None:
@@ -48,7 +42,7 @@ def unikernel_config(spec: dict, root_fd: int) -> dict[str, str] | None:
         data = None
     if data is not None:
         try:
-            from_file = json.loads(data)
+            from_file = parse_json(data.decode())
             for k, v in from_file.items():
                 if isinstance(k, str) and isinstance(v, str):
                     keys.setdefault(k, binascii.a2b_base64(v, strict_mode=True).decode())
