@@ -1,7 +1,7 @@
 """sandbox/bpf.py: compile a Needs into a classic-BPF seccomp program, and install it.
 
 Layout of the program: check the architecture; dispatch on the call number (ioctl first: KVM_RUN
-is the call made once per exit), where a call allowed whatever its arguments returns at once and
+is the call made once per exit; then the others a request makes most, HOT), where a call allowed whatever its arguments returns at once and
 one with conditions jumps to its block; anything else is killed. A block tries each alternative
 in turn (all its conditions must hold) and kills when none does. Conditional jumps only ever skip
 one instruction or land inside their own test; far jumps are JA, whose offset is 32 bits, so the
@@ -34,6 +34,9 @@ JEQ_K = 0x15
 JSET_K = 0x45
 RET_K = 0x06
 OFF_NR, OFF_ARCH = 0, 4
+# Dispatched first, in this order: the calls a serve request makes most (strace -c: per request
+# about 25 ioctl (KVM_RUN), 40 futex, 13 epoll_wait, 12 read, 10 recvfrom, 8 write, 6 sendto).
+HOT = ("ioctl", "futex", "epoll_wait", "read", "recvfrom", "write", "readv", "sendto", "epoll_ctl")
 
 
 def arg_offset(i: int) -> int:
@@ -101,7 +104,8 @@ def compile_needs(needs: Needs) -> bytes:
     p.op(JEQ_K, AUDIT_ARCH_X86_64, 1, 0)
     p.op(RET_K, SECCOMP_RET_KILL_PROCESS)
     p.op(LD_W_ABS, OFF_NR)
-    names = sorted(set(needs.rules) | set(needs.errors), key=lambda n: (n != "ioctl", NR[n]))
+    names = sorted(set(needs.rules) | set(needs.errors),
+                   key=lambda n: (HOT.index(n) if n in HOT else len(HOT), NR[n]))
     blocks = []
     for name in names:
         alternatives = needs.rules.get(name, set())
