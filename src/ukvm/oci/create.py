@@ -14,6 +14,7 @@ import sys
 
 from ukvm.oci import cgroups, network
 from ukvm.oci.safeopen import open_root
+from ukvm.oci.serve_pod import UKVM_SERVE, serve_argv
 from ukvm.oci.state import Container, OciError, start_time, utc_now
 from ukvm.oci.unikernel import Unikernel, guest_mem_mib
 
@@ -89,10 +90,14 @@ def _container_process(c: Container, spec: dict, unikernel: Unikernel, mem: int,
         group.join()                  # first: everything from here on is the container's
         os.setsid()
         net = None
+        serve = unikernel.keys.get(UKVM_SERVE)      # `ukvm serve`: keeps the pod's NIC, makes its own TAP
         if unikernel.nics:
             network.enter_netns(spec)
-            net = network.setup_network()
-        argv = unikernel.tender_argv(mem, net, tender_boot())
+            net = None if serve else network.setup_network()
+        if serve:
+            argv = serve_argv(serve, unikernel.binary, mem, unikernel.cmdline, tender_boot())
+        else:
+            argv = unikernel.tender_argv(mem, net, tender_boot())
         if console_socket:
             _send_console(console_socket)
         os.write(ready_w, b"ok")

@@ -18,7 +18,7 @@ import tarfile
 import time
 
 from ukvm.errors import UkvmError, UsageError
-from ukvm.options import Option, OptionTable, anything, name_and_path, text
+from ukvm.options import Option, OptionTable, anything, integer, name_and_path, text
 
 ANNOTATION = "com.urunc.unikernel."
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -147,8 +147,9 @@ def _write_layout(output: str, layer_path: str, config: dict, annotations: dict[
 
 
 def build_image(app: str, output: str, tag: str, cmdline: str = "",
-                blocks: list[tuple[str, str]] | None = None) -> str:
-    """A unikernel image in urunc's format; returns the image's full name."""
+                blocks: list[tuple[str, str]] | None = None, serve: str | None = None) -> str:
+    """A unikernel image in urunc's format; returns the image's full name. `serve`: the
+    com.ukvm.serve options (the container runs `ukvm serve`, oci/serve_pod.py)."""
     from ukvm.machine.vm import Kernel          # checks the image is an hvt unikernel with a manifest
     kernel = Kernel(app)
     kernel.close()
@@ -167,6 +168,9 @@ def build_image(app: str, output: str, tag: str, cmdline: str = "",
             placed.append(f"{name}=/unikernel/block/{name}")
         annotations[ANNOTATION + "block"] = f"/unikernel/block/{blocks[0][0]}"
         annotations[UKVM_BLOCKS] = ",".join(placed)
+    if serve is not None:
+        from ukvm.oci.serve_pod import UKVM_SERVE
+        annotations[UKVM_SERVE] = serve
     files.append(("/urunc.json", urunc_json(annotations), 0o644))
     # CRI requires a command; ukvm-oci and urunc run the unikernel instead of it.
     config = {"Labels": annotations, "Entrypoint": [app_path], "Cmd": cmdline.split() if cmdline else [], "Env": []}
@@ -178,8 +182,16 @@ BUILD_OPTIONS = OptionTable([
     Option("tag", "the image's name (default: APP's file name without .hvt)", anything, metavar="NAME[:TAG]"),
     Option("cmdline", "the unikernel's command line", anything, metavar="ARGS", default=""),
     Option("block", "a disk image for block device NAME", name_and_path, metavar="NAME=FILE", repeat=True),
+    # --serve: the container runs `ukvm serve` on the pod's IP (oci/serve_pod.py).
+    Option("serve", "the container serves each connection from a fresh clone (ukvm serve)"),
+    Option("guest-port", "--serve: the port the unikernel listens on", integer(1, 65535), metavar="PORT"),
+    Option("port", "--serve: the pod's port (default: the guest's)", integer(1, 65535), metavar="PORT"),
+    Option("metrics-port", "--serve: Prometheus metrics (default 9100)", integer(1, 65535), metavar="PORT"),
+    Option("pool", "--serve: clones serving at once (default 2)", integer(1, 1024), metavar="N"),
 ], style="gnu")
+SERVE_OPTIONS = ("guest-port", "port", "metrics-port", "pool")
 OCI_USAGE = ("usage: ukvm oci build APP.hvt -o IMAGE.tar [--tag NAME[:TAG]] [--cmdline \"ARGS\"] [--block NAME=FILE]...\n"
+             "       ukvm oci build --serve --guest-port=PORT [--port=PORT] [--metrics-port=PORT] [--pool=N] APP.hvt -o IMAGE.tar\n"
              "       ukvm oci launcher PATH\n"
              "build: an OCI image archive in urunc's format (for `ctr images import`); launcher: the lean\n"
              "ukvm-oci executable for containerd's BinaryName; see docs/kubernetes.md.\n"
@@ -208,7 +220,14 @@ def oci_main(argv: list[str]) -> int:
         if app is None or output is None:
             raise UsageError("APP.hvt and -o IMAGE.tar are required")
         tag, cmdline, blocks = values["tag"], values["cmdline"], values["block"]
-        full = build_image(app, output, tag or os.path.splitext(os.path.basename(app))[0], cmdline, blocks)
+        serve = None
+        given = {k: values[k] for k in SERVE_OPTIONS if values[k] is not None}
+        if values["serve"]:
+            from ukvm.oci import serve_pod
+            serve = serve_pod.format_options(serve_pod.parse(serve_pod.format_options(given), "--serve"))
+        elif given:
+            raise UsageError(f"--{next(iter(given))} needs --serve")
+        full = build_image(app, output, tag or os.path.splitext(os.path.basename(app))[0], cmdline, blocks, serve)
     except UkvmError as e:
         print(f"ukvm oci: {e}", file=err)
         return 2 if isinstance(e, UsageError) else 1

@@ -11,6 +11,7 @@ import binascii
 import os
 
 from ukvm.oci.safeopen import O_PATH, ImageFileError, open_regular, read_capped
+from ukvm.oci.serve_pod import UKVM_SERVE
 from ukvm.oci.state import ANNOTATION, UKVM_BLOCKS, OciError, is_sandbox, parse_json
 
 URUNC_JSON = "/urunc.json"
@@ -33,7 +34,7 @@ def unikernel_config(spec: dict, root_fd: int) -> dict[str, str] | None:
     if is_sandbox(spec):
         return None
     annotations = spec.get("annotations") or {}
-    keys = {k: v for k, v in annotations.items() if k.startswith(ANNOTATION) or k == UKVM_BLOCKS}
+    keys = {k: v for k, v in annotations.items() if k.startswith(ANNOTATION) or k in (UKVM_BLOCKS, UKVM_SERVE)}
     try:
         data = read_capped(root_fd, URUNC_JSON, URUNC_JSON_MAX)
     except ImageFileError as e:
