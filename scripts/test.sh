@@ -19,6 +19,9 @@ command -v curl >/dev/null || need+=(curl)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# The Kubernetes tests: kube-proxy programs iptables; the cluster's certificates come from openssl.
+command -v iptables >/dev/null || need+=(iptables)
+command -v openssl >/dev/null || need+=(openssl)
 update=0
 bash examples/httpd/apt-deb-src.sh | grep -q added && update=1
 if [ ${#need[@]} -gt 0 ] || [ $update = 1 ]; then
@@ -27,4 +30,8 @@ if [ ${#need[@]} -gt 0 ] || [ $update = 1 ]; then
     [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+# The Kubernetes tests (tests/integration/test_k8s.py) run a real cluster: kubelet & co built from
+# Debian's source once per cache (~8-11 minutes on 2 cores when absent; their fixture builds them
+# too when they run alone). For the whole suite, build first, so that the cost shows here.
+[ $# -gt 0 ] || bash scripts/build-k8s.sh
 exec python3 -m pytest -q -ra "$@"
