@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = Path(os.environ.get("UKVM_K8S_DIR", Path.home() / ".cache" / "ukvm" / "k8s-v1.20.2"))
 BIN = K8S_DIR / "bin"
 BINARIES = ("kubelet", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl")
-UKVM_OCI = str(Path(sys.executable).with_name("ukvm-oci"))
 PAUSE_IMAGE = "docker.io/library/ukvm-k8s-pause:1"
 NODE = "ukvm-node"
 NODE_IP = "10.99.0.1"
@@ -63,18 +62,16 @@ def missing() -> str | None:
             return f"needs {tool} (scripts/test.sh installs it)"
     if not os.path.exists("/usr/lib/cni/bridge"):
         return "needs the CNI plugins in /usr/lib/cni (containernetworking-plugins)"
-    if not os.access(UKVM_OCI, os.X_OK):
-        return f"needs the ukvm-oci console script next to {sys.executable} (pip install -e .)"
     return None
 
 
-def cgroup_mounts() -> list[str]:
-    """Every cgroup hierarchy's mount point (v1: one per controller set; v2: the unified one)."""
+def cgroup_mounts(kinds: tuple[str, ...] = ("cgroup", "cgroup2")) -> list[str]:
+    """Every cgroup hierarchy's mount point (v1, "cgroup": one per controller set; v2: the unified one)."""
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             pre, _, post = line.partition(" - ")
-            if post.split()[0] in ("cgroup", "cgroup2"):
+            if post.split()[0] in kinds:
                 out.append(pre.split()[4])
     return out
 
@@ -201,6 +198,8 @@ class Cluster:
 
     def _configs(self) -> None:
         w = self.work
+        # ukvm-oci as a node installs it (`ukvm oci launcher`): this checkout, started lean.
+        subprocess.run([sys.executable, "-m", "ukvm", "oci", "launcher", w / "ukvm-oci"], check=True, timeout=60)
         (w / "cni").mkdir()
         (w / "manifests").mkdir()
         (w / "cni" / "10-ukvm-k8s.conflist").write_text(json.dumps({
@@ -231,7 +230,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ukvm]
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ukvm.options]
-      BinaryName = "{UKVM_OCI}"
+      BinaryName = "{w}/ukvm-oci"
 """)
         (w / "kubelet.yaml").write_text(json.dumps({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -315,12 +314,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     # --- tear-down -----------------------------------------------------------------------------------
     def close(self) -> None:
         if self.init is not None and self.init.poll() is None:
-            self.init.terminate()           # --kill-child: the namespace's init, and so everything in it, goes
-            try:
-                self.init.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.init.kill()
-                self.init.wait(timeout=30)
+            # unshare ignores SIGTERM while it waits for its child; SIGKILL, and --kill-child ends
+            # the namespace's init, and with it every process of the PID namespace.
+            self.init.kill()
+            self.init.wait(timeout=30)
         for p in self.procs.values():       # the nsenter parents end when their child does
             try:
                 p.wait(timeout=30)

@@ -50,6 +50,7 @@ def serve_argv(text: str, binary: str, mem_mib: int, cmdline: str, boot: list[st
     """The container's command: ukvm serve on the pod's address, clones on a link-local net;
     `boot` starts the interpreter with ukvm importable."""
     opts = parse(text)
+    boot = [arg for arg in boot if arg != "-S"]     # serve's metrics need site-packages (prometheus_client)
     guest = f"{GUEST_NET}.2"
     args = f"--ipv4={guest}/24 --ipv4-gateway={GUEST_NET}.1 {cmdline}".split()
     return [*boot, "serve", f"--mem={mem_mib}", f"--listen=0.0.0.0:{opts['port']}",
