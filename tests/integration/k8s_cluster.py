@@ -165,7 +165,7 @@ class Cluster:
         self._run("kubelet", BIN / "kubelet", f"--config={w}/kubelet.yaml", f"--kubeconfig={self.kubeconfig}",
                   "--container-runtime=remote", f"--container-runtime-endpoint=unix://{w}/containerd.sock",
                   f"--hostname-override={NODE}", f"--node-ip={NODE_IP}", "--root-dir=/var/lib/kubelet",
-                  "--cert-dir=/var/lib/kubelet/pki")
+                  "--cert-dir=/var/lib/kubelet/pki", f"--v={os.environ.get('UKVM_K8S_KUBELET_V', '0')}")
         self._run("kube-proxy", BIN / "kube-proxy", f"--config={w}/kube-proxy.yaml")
         wait_for(self.node_ready, 120, step=0.5, what=f"node Ready ({self.tail('kubelet')})")
         self.apply({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "ukvm"},

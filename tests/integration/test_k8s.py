@@ -279,8 +279,9 @@ def test_serve_pods_behind_a_service_answer_each_request_from_a_fresh_instance(c
     after = {p["status"]["podIP"]: scraped_requests(c, p) for p in pods}
     assert all(after[ip] > before[ip] for ip in after), (before, after)     # each of the three served
     assert sum(after.values()) - sum(before.values()) == 40, (before, after)
-    delete_and_wait(c, "deployment", "fleet", "app=fleet")
-    c.kubectl("delete", "service", "fleet")
+    # Not waited for: kubelet 1.20 may leave a deleted pod's sandbox to its one-minute garbage
+    # collection (the deletion test above shows pods going; the cluster goes with the module).
+    c.kubectl("delete", "deployment,service", "fleet", "--wait=false")
 
 
 def scraped_requests(c: Cluster, pod: dict) -> float:
