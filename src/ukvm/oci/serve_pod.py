@@ -10,11 +10,9 @@ command line the way urunc tells Solo5 guests (`--ipv4=... --ipv4-gateway=...`).
 metrics are served on metrics-port; the pod template's `prometheus.io/*` annotations point
 scrapers at it (docs/kubernetes.md).
 
-Only what is standard library: ukvm-oci imports this on its hot path.
+Nothing imported at module level: ukvm-oci imports this on its hot path (create of every container).
 """
 from __future__ import annotations
-
-from ukvm.errors import UsageError
 
 UKVM_SERVE = "com.ukvm.serve"
 GUEST_NET = "169.254.77"
@@ -24,6 +22,7 @@ OPTIONS = {"guest-port": None, "port": None, "metrics-port": 9100, "pool": 2}
 def parse(text: str, what: str = UKVM_SERVE) -> dict[str, int]:
     """com.ukvm.serve's value -> options (every one a number; unknown names refused); `what`
     names the source in errors."""
+    from ukvm.errors import UsageError
     opts = dict(OPTIONS)
     for item in filter(None, text.split(",")):
         name, eq, value = item.partition("=")
