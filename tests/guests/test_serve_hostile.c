@@ -11,7 +11,8 @@
  *              other hosts; then exit
  *   /arp       ARP replies and requests claiming the host's and other addresses; then exit
  *   /flood     20000 frames as fast as the NIC takes them; then exit
- * Replies go to the MAC the frame came from: it needs no ARP of its own.
+ * Replies go to the MAC the frame came from: it needs no ARP of its own. With the command line
+ * "slowboot" it waits 3 s before answering anything (serve's boot can then be looked at).
  */
 #include "testlib.h"
 #include "../../src/ukvm/runtime/src/hvt.h"
@@ -182,12 +183,22 @@ static void handle(size_t n)
 int solo5_app_main(const struct solo5_start_info *si)
 {
     struct solo5_net_info info;
-    (void)si;
     if (solo5_net_acquire("service0", &nic, &info) != SOLO5_R_OK) {
         puts("no service0\n");
         return 1;
     }
     cpy(my_mac, info.mac_address, 6);
+    if (!t_strcmp(si->cmdline, "slowboot")) {   /* 3 s before it answers: the boot can be watched */
+        puts("booting slowly\n");
+        solo5_time_t until = solo5_clock_monotonic() + 3000000000ULL;
+        while (solo5_clock_monotonic() < until) {
+            solo5_handle_set_t ready = 0;
+            size_t n;
+            solo5_yield(until, &ready);
+            while (solo5_net_read(nic, in, sizeof in, &n) == SOLO5_R_OK)
+                ;
+        }
+    }
     puts("hostile server ready\n");
     for (;;) {
         solo5_handle_set_t ready = 0;

@@ -3,12 +3,13 @@ seccomp on every thread, an empty root in a mount namespace of its own; answers 
 unconfined. Runs in the network namespace test_serve.py makes; every wait is bounded."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import needs_kvm
+from conftest import needs_kvm, read_until
 from test_serve import Served, httpd, metric  # noqa: F401  (httpd: the session fixture)
 
 pytestmark = [needs_kvm, pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TAPs need root")]
@@ -161,3 +162,42 @@ def test_hostile_guests_end_only_their_own_connection(guest):
         assert f"{len(res['benign'])} requests served, {len(attacks)} clone failures" in out, out
     finally:
         s.close()
+
+
+def test_the_boot_to_the_snapshot_is_confined_too(guest):
+    """The boot runs the guest before serve is confined: it runs in a child confined the same
+    way, which sends the snapshot back. Seen while the guest boots (it waits 3 s first)."""
+    from test_net import Netns
+    image = guest("test_serve_hostile", HOSTILE_MANIFEST, cpl0=False)
+    ns = Netns()
+    proc = ns.popen(sys.executable, "-m", "ukvm", "serve", "--listen=127.0.0.1:8080", "--guest=10.0.0.2:80",
+                    "--host-ip=10.0.0.1/24", "--mem=32", "--pool=1", image, "slowboot")
+    try:
+        out = read_until(proc, b"booting slowly", timeout=60)
+        assert b"booting slowly" in out, out
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+        assert len(children) == 1, children
+        child = status_of(f"/proc/{children[0]}/status")
+        assert child["Seccomp"] == "2" and child["NoNewPrivs"] == "1", child
+        assert child["Uid"].split() == ["65534"] * 4 and child["CapEff"] == child["CapBnd"] == "0" * 16, child
+        assert os.listdir(f"/proc/{children[0]}/root") == []
+        parent = status_of(f"/proc/{proc.pid}/status")
+        assert parent["Seccomp"] == "0" and parent["Uid"].split()[0] == "0"     # still setting up
+        out += read_until(proc, b"ukvm serve: listening", timeout=60)
+        assert b"ukvm serve: listening" in out, out
+        p = ns.run(sys.executable, "-c", HOSTILE_CLIENT, "ok", timeout=120)   # benign requests only
+        res = json.loads(p.stdout)
+        assert res["attacks"]["ok"].endswith("served 1\n"), res
+        assert all(a.endswith("served 1\n") for a in res["benign"]), res["benign"][:3]
+        assert not os.path.exists(f"/proc/{children[0]}/status")             # the boot child is gone
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            ns.close()
+    assert proc.returncode == 0

@@ -158,6 +158,26 @@ class Snapshot:
                 "ring_gpa": self.ring_gpa, "guest_cpl": self.guest_cpl, "supervised": self.supervised,
                 "manifest": self.manifest_payload.hex(), "modules": self.modules, "kernel": self.kernel}
 
+    def write_image(self, fd: int) -> None:
+        """The snapshot file's bytes into `fd` (empty): header, metadata, sparse memory."""
+        head, mem_offset = self.encode_head()
+        os.pwrite(fd, head, 0)
+        os.ftruncate(fd, mem_offset + self.size)
+        for start, end in data_ranges(self.mem_fd, self.mem_offset, self.size):
+            copy_range(self.mem_fd, self.mem_offset + start, fd, mem_offset + start, end - start)
+
+    @classmethod
+    def from_fd(cls, fd: int, what: str) -> Snapshot:
+        """A snapshot file already open (it takes `fd`): checked as load() checks a file."""
+        try:
+            return cls._parse(fd, what)
+        except SnapshotError as e:
+            os.close(fd)
+            raise SnapshotError(f"{what}: invalid snapshot: {e}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+
     @classmethod
     def load(cls, path: str) -> Snapshot:
         try:
@@ -304,12 +324,8 @@ class SnapshotWriter:
 
     def write(self, snap: Snapshot) -> None:
         """Header, metadata, sparse memory, fsync, rename into place."""
-        head, mem_offset = snap.encode_head()
         try:
-            os.pwrite(self.fd, head, 0)
-            os.ftruncate(self.fd, mem_offset + snap.size)
-            for start, end in data_ranges(snap.mem_fd, snap.mem_offset, snap.size):
-                copy_range(snap.mem_fd, snap.mem_offset + start, self.fd, mem_offset + start, end - start)
+            snap.write_image(self.fd)
             os.fsync(self.fd)
             os.rename(self.tmp, self.name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
         except OSError as e:

@@ -29,7 +29,7 @@ from ukvm.serve.loop import EventLoop
 from ukvm.serve.pool import Clone
 from ukvm.serve.relay import READ, Connection
 from ukvm.serve.switch import Switch
-from ukvm.serve.warmup import boot_and_snapshot
+from ukvm.serve.warmup import READY_TIMEOUT_S, boot_and_snapshot
 
 MTU = 1500
 RESET_SAMPLES = 20000
@@ -183,28 +183,39 @@ class Server(EventLoop):
         return next(m for m in modules if isinstance(m, NetModule))
 
     def _boot(self, kernel: Kernel, tap_mac: bytes) -> None:
-        """Boot on a switch port of our own, warm it up, snapshot it (warmup.py)."""
+        """Boot on a switch port of our own, warm it up, snapshot it (warmup.py); in a child
+        process confined like serve itself (sandbox/confined_boot.py)."""
+        from ukvm.modules.net import generated_mac
+        from ukvm.sandbox.confined_boot import boot_confined
+        self.guest_mac = generated_mac()
+        self.switch = Switch(self.guest_ip.packed, self.guest_mac, self.guest_port, self.host_ip.packed, tap_mac)
+        self.snapshot = boot_confined(lambda confine: self._boot_and_snapshot(kernel, confine), self.config.user,
+                                      not self.config.no_sandbox, 3 * READY_TIMEOUT_S)
+        snap = self.snapshot
+        written = sum(e - s for s, e in data_ranges(snap.mem_fd, snap.mem_offset, snap.size))
+        self.log(f"snapshot taken after a warm-up connection: {snap.size >> 20} MiB guest, "
+                 f"{written >> 10} KiB of it written")
+
+    def _boot_and_snapshot(self, kernel: Kernel, confine):
+        """Make the boot VM, have it confined (`confine`), warm it up and snapshot it."""
+        from ukvm.sandbox.needs import Needs
         modules = default_modules(kernel.manifest())
         net = self._net_module(modules)
         backend, sock = frame_pipe("serve", MTU)
         net.ring_mode = "off"   # measured slower here: docs/serve.md, "Three measured tuning choices"
         name = net.manifest.devices()[0].name
-        net.attach_backend(name, backend)
+        net.attach_backend(name, backend, mac=self.guest_mac)
         vm = None
         try:
             vm = VM(kernel, list(self.config.args), self.config.mem, modules, guest_cpl=self.config.guest_cpl)
-            self.guest_mac = net.macs[name]
-            self.switch = Switch(self.guest_ip.packed, self.guest_mac, self.guest_port, self.host_ip.packed, tap_mac)
-            self.snapshot = boot_and_snapshot(vm, backend.fd, sock, self.switch)
+            confine(vm, Needs().on_fds(("sendto", "recvfrom"), {sock.fileno()}))     # the warm-up's end
+            return boot_and_snapshot(vm, backend.fd, sock, self.switch)
         finally:
             if vm is not None:
                 vm.close()
             else:
                 backend.close()
             sock.close()
-        written = sum(e - s for s, e in data_ranges(self.snapshot.mem_fd, 0, self.snapshot.size))
-        self.log(f"snapshot taken after a warm-up connection: {self.snapshot.size >> 20} MiB guest, "
-                 f"{written >> 10} KiB of it written")
 
     def _add_clone(self, index: int, cpus: set[int]) -> None:
         modules = default_modules(self.snapshot.manifest())
