@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 
 from conftest import ROOT, needs_kvm
+from ukvm.oci.cgroups import Cgroup
 from ukvm.oci.runtime import EXEC_REFUSAL
 from ukvm.oci.unikernel import TENDER_MIB
 from containerd_env import PAUSE_IMAGE, POD_SUBNET, Containerd, missing
@@ -162,6 +164,13 @@ def test_cri_pod_with_a_network_guest(containerd, tmp_path):
         assert "requests served by this VM instance: 1" in got.stdout and "path: /pod" in got.stdout, got
         lines = log.read_text().splitlines()
         assert all(" stdout " in line or " stderr " in line for line in lines), lines[:3]   # CRI log format
+        # UpdateContainerResources reaches the tender's cgroup (runc's `update --resources -`)
+        cri.update_container_resources(cid, cpu_period=100000, cpu_quota=50000)
+        group = Cgroup(f"/k8s.io/{cid}", cid, False)          # containerd CRI: /NAMESPACE/ID
+        with open(group.file("cpu", "cpu.max" if group.version == 2 else "cpu.cfs_quota_us")) as f:
+            assert f.read().split()[0] == "50000"
+        with pytest.raises(grpc.RpcError, match="below the guest's 512 MiB"):   # fixed at boot: one line
+            cri.update_container_resources(cid, memory_limit=64 << 20)
         cri.stop_container(cid, 10)                                     # SIGTERM to the tender
         state, code = wait_for(lambda: (s := cri.container_state(cid))[0] == 2 and s)
         assert code == 1, code                                          # "Exiting on signal 15"

@@ -129,6 +129,17 @@ class Cgroup:
             self._mkdirs(controller, d)
         if self.version == 2:
             self._enable_v2_controllers()
+        self.limit(resources)
+
+    @classmethod
+    def existing(cls, version: int, dirs: dict[str, str]) -> Cgroup:
+        """A container's cgroup made earlier (its directories from the container's state)."""
+        group = cls.__new__(cls)
+        group.version, group.dirs, group.roots, group.made = version, dict(dirs), {}, []
+        return group
+
+    def limit(self, resources: dict) -> None:
+        """Write linux.resources' limits (create, and runc's `update`)."""
         self._limits(resources or {})
 
     def _mkdirs(self, controller: str, d: str) -> None:

@@ -58,7 +58,8 @@ def create(c: Container, spec: dict, bundle: str, rootfs: str, root_fd: int, key
         c.remove()
         raise
     c.save({"id": c.id, "pid": pid, "start_time": start_time(pid), "bundle": bundle, "rootfs": rootfs,
-            "created": utc_now(), "annotations": spec.get("annotations") or {}, "cgroups": group.made})
+            "created": utc_now(), "annotations": spec.get("annotations") or {}, "cgroups": group.made,
+            "cgroup": {"version": group.version, "dirs": group.dirs}, "mem_mib": mem})
     if pid_file:
         tmp = f"{pid_file}.tmp"
         with open(tmp, "w") as f:

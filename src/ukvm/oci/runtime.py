@@ -125,6 +125,38 @@ def cmd_ps(c: Container, fmt: str) -> int:
     return 0
 
 
+def cmd_update(c: Container, opts: dict[str, str], stdin) -> int:
+    """runc's `update`: new cgroup limits (`--resources FILE|-`, linux.resources' JSON, as the shim
+    passes CRI's UpdateContainerResources; or runc's flags). The guest's memory was fixed at boot,
+    so a memory limit below what it and the tender were given is refused."""
+    state = c.load()
+    if not state.get("cgroup"):
+        raise OciError(f"update: container {c.id} has no cgroup")
+    resources: dict = {}
+    if "resources" in opts or "r" in opts:
+        source = opts.get("resources", opts.get("r"))
+        text = stdin.read() if source == "-" else open(source).read()
+        resources = parse_json(text) if text.strip() else {}
+        if not isinstance(resources, dict):
+            raise OciError("update: --resources is not linux.resources' JSON object")
+    flags = {"memory": ("memory", "limit"), "cpu-quota": ("cpu", "quota"), "cpu-period": ("cpu", "period"),
+             "cpu-share": ("cpu", "shares"), "pids-limit": ("pids", "limit")}
+    for flag, (group, key) in flags.items():
+        if flag in opts:
+            try:
+                resources.setdefault(group, {})[key] = int(opts[flag])
+            except ValueError:
+                raise OciError(f"update: --{flag}: expected a number, got {opts[flag]!r}") from None
+    limit = (resources.get("memory") or {}).get("limit")
+    from ukvm.oci.unikernel import TENDER_MIB
+    if isinstance(limit, int) and 0 < limit < (state.get("mem_mib", 0) + TENDER_MIB) << 20:
+        raise OciError(f"update: memory limit {limit} bytes is below the guest's {state['mem_mib']} MiB (fixed at "
+                       f"boot) and the tender's {TENDER_MIB} MiB")
+    from ukvm.oci.cgroups import Cgroup
+    Cgroup.existing(state["cgroup"]["version"], state["cgroup"]["dirs"]).limit(resources)
+    return 0
+
+
 def cmd_features() -> int:
     print(json_text({"ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
                       "mountOptions": [], "linux": {"namespaces": ["network", "pid"], "capabilities": [],
@@ -165,8 +197,9 @@ def cmd_create(root: str, cid: str, bundle: str, pid_file: str | None, console_s
 GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--criu", "--rootless"}
 GLOBAL_FLAGS = {"--debug", "--systemd-cgroup"}
 CMD_WITH_VALUE = {"--bundle", "-b", "--pid-file", "--console-socket", "--format", "-f", "--preserve-fds",
-                  "--process", "-p", "--signal", "--cwd", "--env", "-e", "--user", "-u"}
-OWN_COMMANDS = ("start", "state", "kill", "delete", "ps")
+                  "--process", "-p", "--signal", "--cwd", "--env", "-e", "--user", "-u", "--resources", "-r",
+                  "--memory", "-m", "--cpu-quota", "--cpu-period", "--cpu-share", "--pids-limit"}
+OWN_COMMANDS = ("start", "state", "kill", "delete", "ps", "update")
 
 
 def _split(args: list[str], with_value: set[str]) -> tuple[dict[str, str], list[str]]:
@@ -232,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_kill(c, parse_signal(pos[1] if len(pos) > 1 else "SIGTERM"))
         if command == "delete":
             return cmd_delete(c, "force" in opts or "f" in opts)
+        if command == "update":
+            return cmd_update(c, opts, sys.stdin)
         return cmd_ps(c, opts.get("format", opts.get("f", "table")))
     except (UkvmError, OSError) as e:
         log.error(str(e) if isinstance(e, UkvmError) else f"{e.filename or ''}: {e.strerror}".lstrip(": "))
