@@ -119,9 +119,10 @@ class CriClient:
 
     def update_container_resources(self, cid: str, cpu_period: int = 0, cpu_quota: int = 0,
                                    memory_limit: int = 0) -> None:
-        """LinuxContainerResources: cpu_period 1, cpu_quota 2, memory_limit_in_bytes 4."""
-        res = [field(n, v) for n, v in ((1, cpu_period), (2, cpu_quota), (4, memory_limit)) if v]
-        self.call(RUNTIME + "UpdateContainerResources", message(field(1, cid), field(2, message(*res))))
+        linux = self.pb.LinuxContainerResources(cpu_period=cpu_period, cpu_quota=cpu_quota,
+                                                memory_limit_in_bytes=memory_limit)
+        self._call(self.runtime.UpdateContainerResources,
+                   self.pb.UpdateContainerResourcesRequest(container_id=cid, linux=linux))
 
     def stop_container(self, cid: str, timeout: int = 10) -> None:
         self._call(self.runtime.StopContainer, self.pb.StopContainerRequest(container_id=cid, timeout=timeout))
