@@ -9,7 +9,8 @@ executable mmap. Where an argument says what a call touches, it is filtered: the
 writes, the fd and request of ioctl, PROT_EXEC for mmap, the target process of tgkill.
 
 `ukvm serve` is also stripped of its privileges (privileges.py): another user, no capabilities,
-not dumpable, an empty root in a mount namespace of its own.
+not dumpable, an empty root in a mount namespace of its own (serve_confinement.py); its boot to
+the snapshot runs in a child confined the same way (confined_boot.py).
 
 May import: ukvm.errors and ukvm.kvm; machine/snapshot.py lazily, for what capture and saving
 need. Every other layer declares its needs to it (needs.py), so nothing here names a module.
