@@ -131,10 +131,12 @@ def test_x_guest_cpl_0_still_gives_the_cpl0_session():
     assert "exited normally" in out and status == 0, tender_out
 
 
-def test_ctrl_c_and_registers_at_cpl3(sse_guests):
-    """The raw protocol at CPL3: the stop reply of a software breakpoint, and `m` over it."""
+def test_breakpoint_protocol_at_cpl3(sse_guests, tmp_path):
+    """The raw protocol at CPL3: the stop reply of a software breakpoint, and `m` over it; with
+    --trace, the stop is in the trace."""
     kernel = sse_guests["ukvm"]
-    proc, port = start_tender(kernel)
+    trace = tmp_path / "t.jsonl"
+    proc, port = start("--mem=16", f"--trace={trace}", "--", kernel)
     addr = None
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         assert _reply(sock) == b"S05"
@@ -156,3 +158,27 @@ def test_ctrl_c_and_registers_at_cpl3(sse_guests):
         assert _reply(sock) == b"W06"
     status, _ = finish(proc)
     assert status == 6
+    import json
+    stops = [r for r in map(json.loads, trace.read_text().splitlines()) if r.get("exit") == "debug"]
+    assert len(stops) == 1 and int(stops[0]["frame"], 16) > 0, stops
+
+
+def test_ctrl_c_stops_a_spinning_guest_at_cpl3(tmp_path):
+    kernel = tmp_path / "debug.hvt"
+    p = ukvm("build", GUESTS / "test_debug.c", "-o", kernel, "--cflags=-O0", timeout=120)
+    assert p.returncode == 0, p.stdout.decode()
+    proc, port = start_tender(kernel, "spin")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        assert _reply(sock) == b"S05"
+        sock.sendall(_packet(b"c"))
+        read_until(proc, b"spinning", timeout=30)
+        sock.sendall(b"\x03")
+        assert _reply(sock) == b"S02"
+        sock.sendall(_packet(b"p10"))                         # rip: inside the guest's loop
+        rip = int.from_bytes(bytes.fromhex(_reply(sock).decode()), "little")
+        assert 0x100000 <= rip < 0x200000
+        sock.sendall(_packet(b"p12"))                         # cs: the guest's, at CPL3
+        assert int.from_bytes(bytes.fromhex(_reply(sock).decode()), "little") & 3 == 3
+        sock.sendall(_packet(b"k"))
+        status, out = finish(proc)
+    assert status == 1 and "gdb: the debugger killed the guest" in out

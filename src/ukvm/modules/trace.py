@@ -139,8 +139,16 @@ class TraceModule(Module):
                 table.handlers[nr] = tracer.wrap(nr, handler)
         if table.on_debug_exit is not None:
             table.on_debug_exit = self._traced_debug_exit(vm, table.on_debug_exit)
+        if table.on_debug_port is not None:       # --gdb at CPL3: a stop the CPL0 code reported
+            table.on_debug_port = self._traced_debug_port(table.on_debug_port)
         tracer.emit({"event": "start", "guest_cpl": vm.guest_cpl, "supervised": bool(vm.supervised),
                      "hypercalls": [NAMES[nr] for nr, h in enumerate(table.handlers) if h is not None]})
+
+    def _traced_debug_port(self, on_debug_port):
+        def traced(frame_gpa: int) -> None:
+            self.tracer.emit({"exit": "debug", "frame": f"{frame_gpa:#x}"})
+            on_debug_port(frame_gpa)
+        return traced
 
     def _traced_debug_exit(self, vm: VM, on_debug_exit):
         def traced(run) -> None:
