@@ -182,3 +182,12 @@ def test_ctrl_c_stops_a_spinning_guest_at_cpl3(tmp_path):
         sock.sendall(_packet(b"k"))
         status, out = finish(proc)
     assert status == 1 and "gdb: the debugger killed the guest" in out
+
+
+def test_detach_at_a_breakpoint_lets_the_guest_run_on(sse_guests):
+    kernel = sse_guests["ukvm"]
+    proc, port = start_tender(kernel)
+    out = gdb(kernel, port, "break circle_area", "continue", "detach")
+    status, tender_out = finish(proc)
+    assert "Breakpoint 1, circle_area" in out, out
+    assert status == 6 and "SUCCESS" in tender_out, tender_out      # the int3 went with the debugger

@@ -349,6 +349,7 @@ class GdbStub:
             if kind == b"D":
                 if self.sw is not None:
                     self.sw.remove_all()
+                    enable_reports(self.vm, on=False)
                 self.watches.clear()
                 self.hw.clear()
                 self.stepping = False

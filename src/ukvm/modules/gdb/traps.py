@@ -63,15 +63,19 @@ class TrapFrame:
                 view[:] = data
 
 
-def enable_reports(vm: VM) -> None:
-    """Ask the CPL0 code to report #DB and int3 from the guest: the supervisor's state flag, or
-    the runtime's boot-info feature bit (read by it at each trap, so that a VM restored from a
-    snapshot can be debugged too)."""
+def enable_reports(vm: VM, on: bool = True) -> None:
+    """Ask the CPL0 code to report #DB and int3 from the guest (or, with `on` False after a
+    detach, to leave them to the guest again): the supervisor's state flag, or the runtime's
+    boot-info feature bit (read by it at each trap, so that a VM restored from a snapshot can be
+    debugged too)."""
     if vm.supervised:
         from ukvm.machine.supervisor import SV_STATE, STATE_FIELDS
-        vm.mem.host_write(SV_STATE + 8 * STATE_FIELDS.index("debug"), struct.pack("<Q", 1))
+        vm.mem.host_write(SV_STATE + 8 * STATE_FIELDS.index("debug"), struct.pack("<Q", int(on)))
         return
-    vm.host_features |= hvt.UKVM_FEATURE_DEBUG      # for boot info, if it is still to be written
+    if on:
+        vm.host_features |= hvt.UKVM_FEATURE_DEBUG  # for boot info, if it is still to be written
+    else:
+        vm.host_features &= ~hvt.UKVM_FEATURE_DEBUG
     # A VM restored from a snapshot read its boot info long ago: update it in place (a fresh one
     # gets the whole of it written after set-up, this field included).
     at = hvt.HVT_BOOT_INFO_BASE + 40                  # hvt_boot_info.host_features
