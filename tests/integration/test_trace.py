@@ -128,6 +128,10 @@ def test_trace_net(tmp_path, ring):
     finally:
         ns.close()
     recs = records(trace.read_text())
+    # SIGTERM may land inside a hypercall: that one line has the error instead of a result.
+    interrupted = [r for r in recs if "error" in r and "call" in r]
+    assert len(interrupted) <= 1 and all("signal 15" in r["error"] for r in interrupted), interrupted
+    recs = [r for r in recs if r not in interrupted]
     c = counts(recs)
     reads = [r for r in recs if r.get("call") == "net_read" and r["result"]["ret"] == "OK"]
     writes = [r for r in recs if r.get("call") == "net_write"]
