@@ -44,9 +44,10 @@ while answer is None and time.time() < deadline:
     if ip is None and os.path.isdir(ipam):
         new = [f for f in os.listdir(ipam) if f[0].isdigit() and f not in known]
         ip = new[0] if new else None
-    if ip is not None:
+    if ip is not None and first is not None:     # both print once up: no ARP probes for nobody
         try:
-            with socket.create_connection((ip, 80), timeout=0.5) as s:
+            with socket.create_connection((ip, 80), timeout=0.1) as s:
+                s.settimeout(2)
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 if s.recv(64).startswith(b"HTTP/1.0 200"):
                     answer = time.time()
@@ -185,7 +186,7 @@ def serve_rows(c, t, row, n, wait_for) -> None:
     row("serve pods: requests/s, 2 pods against 1", results[2][0], "req/s", results[1][0], "1 serve pod",
         f"errors {results[2][2]:.0f}/{results[1][2]:.0f}; 8 connections at once")
     row("serve pods: p50 latency, 2 pods against 1", results[2][1], "ms", results[1][1], "1 serve pod")
-    t.delete_and_wait(c, "deployment", "benchfleet", "app=benchfleet")
+    c.kubectl("delete", "deployment,service", "benchfleet", "--wait=false")     # the cluster goes next
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def wait_for(predicate, timeout: float, step: float = 0.2, what: str = "conditio
 class Cluster:
     def __init__(self, work: Path):
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.tag = f"ukvmk8s{os.getpid()}"
         self.cgroup_root = f"/{self.tag}"
         self.procs: dict[str, subprocess.Popen] = {}
