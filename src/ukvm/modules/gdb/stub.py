@@ -288,7 +288,9 @@ class GdbStub:
 
     # --- breakpoints, stepping, stops ----------------------------------------------------------
     def breakpoint(self, insert: bool, kind: int, addr: int, length: int = 1) -> bytes:
-        if self.cpl3 and kind in (0, 2):
+        # At CPL3: Z0 as int3; Z2 by single-stepping where the host does not deliver data
+        # breakpoints (kvm_pvm), else in the debug registers like every Z1-Z4.
+        if self.cpl3 and (kind == 0 or (kind == 2 and self.data_breakpoints_unusable)):
             return self._cpl3_breakpoint(insert, kind, addr, length)
         # Data breakpoints in the debug registers never fire for the emulated CPL0 code of
         # kvm_pvm (probed: docs/debugging.md): declining Z2-Z4 makes gdb watch by single-stepping.
