@@ -206,3 +206,35 @@ def test_memory_limit_too_small_for_the_tender_is_one_line(env):
                 spec(env, cid, {"memory": {"limit": 16 << 20}}, f"/{PARENT}/{cid}"), cid, check=False, timeout=60)
     env.ctr("containers", "delete", cid, check=False)
     assert p.returncode != 0 and "the tender needs" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_pause_and_resume_freeze_the_tender(env):
+    """`ctr task pause`/`resume` (runc's pause/resume): the cgroup frozen, the spinning guest
+    uses no CPU while paused, and spins again after."""
+    cid = "frozen"
+    start(env, cid, {"cpu": {"quota": 20000, "period": 100000}})
+    try:
+        group = Cgroup(f"/{PARENT}/{cid}", cid, False)
+
+        def status():
+            tasks = env.ctr("task", "ls").stdout.split()
+            return tasks[tasks.index(cid) + 2]
+
+        def used(seconds):
+            u0 = cpu_usage_ns(group)
+            time.sleep(seconds)
+            return cpu_usage_ns(group) - u0
+        env.ctr("task", "pause", cid)
+        assert status() == "PAUSED"
+        assert used(0.5) < 5_000_000                     # < 5 ms of CPU in 0.5 s: frozen
+        env.ctr("task", "resume", cid)
+        assert status() == "RUNNING"
+        assert used(0.5) > 20_000_000                    # spinning again (at most 100 ms by its quota)
+        env.ctr("task", "pause", cid)
+        env.ctr("task", "kill", "-s", "SIGKILL", cid)    # a paused container can still be killed
+        deadline = time.monotonic() + 30
+        while status() != "STOPPED":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop(env, cid)

@@ -20,8 +20,8 @@ import sys
 import time
 
 from ukvm.errors import UkvmError
-from ukvm.oci.state import (DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, is_sandbox, json_text,
-                            parse_json)
+from ukvm.oci.state import (DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, freezer_file, frozen,
+                            is_sandbox, json_text, parse_json)
 
 RUNC_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
 EXEC_REFUSAL = ("exec: a unikernel container has no processes or shell to run a command in; use httpGet or "
@@ -93,7 +93,19 @@ def cmd_kill(c: Container, sig: int) -> int:
     if not alive(state["pid"], state["start_time"]):
         raise OciError("container not running")
     os.kill(state["pid"], sig)
+    if sig == 9:
+        _thaw(state)             # a frozen task dies only once thawed
     return 0
+
+
+def _thaw(state: dict) -> None:
+    f = freezer_file(state)
+    if f is not None and frozen(state):
+        try:
+            with open(f[0], "w") as fd:
+                fd.write(f[2])
+        except OSError:
+            pass
 
 
 def cmd_delete(c: Container, force: bool) -> int:
@@ -103,6 +115,7 @@ def cmd_delete(c: Container, force: bool) -> int:
         raise OciError(f"cannot delete container {c.id} that is not stopped: {status}")
     if status != "stopped":
         os.kill(state["pid"], 9)
+        _thaw(state)
         deadline = time.monotonic() + 10
         while alive(state["pid"], state["start_time"]) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -157,6 +170,25 @@ def cmd_update(c: Container, opts: dict[str, str], stdin) -> int:
     return 0
 
 
+def cmd_freeze(c: Container, freeze: bool) -> int:
+    """runc's `pause`/`resume`: the container's cgroup frozen or thawed (the tender's vCPU and all)."""
+    state = c.load()
+    status = c.status(state)
+    if status != ("running" if freeze else "paused"):
+        raise OciError(f"cannot {'pause' if freeze else 'resume'} a container that is {status}")
+    f = freezer_file(state)
+    if f is None:
+        raise OciError(f"container {c.id} has no freezer cgroup")
+    with open(f[0], "w") as fd:
+        fd.write(f[1] if freeze else f[2])
+    deadline = time.monotonic() + 10
+    while frozen(state) != freeze:       # FREEZING until every task stopped: bounded wait
+        if time.monotonic() > deadline:
+            raise OciError(f"{f[0]}: the cgroup did not {'freeze' if freeze else 'thaw'}")
+        time.sleep(0.005)
+    return 0
+
+
 def cmd_features() -> int:
     print(json_text({"ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION, "hooks": [],
                       "mountOptions": [], "linux": {"namespaces": ["network", "pid"], "capabilities": [],
@@ -199,7 +231,7 @@ GLOBAL_FLAGS = {"--debug", "--systemd-cgroup"}
 CMD_WITH_VALUE = {"--bundle", "-b", "--pid-file", "--console-socket", "--format", "-f", "--preserve-fds",
                   "--process", "-p", "--signal", "--cwd", "--env", "-e", "--user", "-u", "--resources", "-r",
                   "--memory", "-m", "--cpu-quota", "--cpu-period", "--cpu-share", "--pids-limit"}
-OWN_COMMANDS = ("start", "state", "kill", "delete", "ps", "update")
+OWN_COMMANDS = ("start", "state", "kill", "delete", "ps", "update", "pause", "resume")
 
 
 def _split(args: list[str], with_value: set[str]) -> tuple[dict[str, str], list[str]]:
@@ -267,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_delete(c, "force" in opts or "f" in opts)
         if command == "update":
             return cmd_update(c, opts, sys.stdin)
+        if command in ("pause", "resume"):
+            return cmd_freeze(c, command == "pause")
         return cmd_ps(c, opts.get("format", opts.get("f", "table")))
     except (UkvmError, OSError) as e:
         log.error(str(e) if isinstance(e, UkvmError) else f"{e.filename or ''}: {e.strerror}".lstrip(": "))

@@ -147,7 +147,9 @@ class Container:
     def status(self, state: dict) -> str:
         if not alive(state["pid"], state["start_time"]):
             return "stopped"
-        return "created" if os.path.exists(self.fifo) else "running"
+        if os.path.exists(self.fifo):
+            return "created"
+        return "paused" if frozen(state) else "running"
 
     def remove(self) -> None:
         for name in ("exec.fifo", STATE, STATE + ".tmp"):
@@ -159,6 +161,26 @@ class Container:
             os.rmdir(self.dir)
         except OSError:
             pass
+
+
+def freezer_file(state: dict) -> tuple[str, str, str] | None:
+    """(the cgroup's freeze file, its frozen value, its thawed value), or None without a cgroup."""
+    group = state.get("cgroup") or {}
+    dirs = group.get("dirs") or {}
+    if group.get("version") == 2 and "" in dirs:
+        return os.path.join(dirs[""], "cgroup.freeze"), "1", "0"
+    if "freezer" in dirs:
+        return os.path.join(dirs["freezer"], "freezer.state"), "FROZEN", "THAWED"
+    return None
+
+
+def frozen(state: dict) -> bool:
+    f = freezer_file(state)
+    try:
+        with open(f[0]) as fd:
+            return fd.read().strip() in ("1", "FROZEN")
+    except (OSError, TypeError):
+        return False
 
 
 def start_time(pid: int) -> int | None:
