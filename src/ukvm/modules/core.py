@@ -29,6 +29,7 @@ class CoreModule(Module):
 
     def setup(self, vm: VM) -> None:
         self.mem = vm.mem
+        self.stopping = lambda: vm._stop_requested    # is a wake-up a stop of this run?
         vm.hypercalls.register(hvt.HVT_HYPERCALL_WALLTIME, self.hvt_hc_walltime)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_PUTS, self.hvt_hc_puts)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_POLL, self.hvt_hc_poll)
@@ -77,7 +78,12 @@ class CoreModule(Module):
                 time.sleep(min(left, MAX_SLEEP_S))
         else:
             events = self._epoll.poll(min(timeout_ns / 1e9, MAX_SLEEP_S))
-            while not events and self.parked:     # waiting for its connection (serve.py)
+            while True:
+                if events and self.wake_fd >= 0 and any(fd == self.wake_fd for fd, _ in events) and not self.stopping():
+                    self._drop_wake()             # a wake-up that came after its stop: stale
+                    events = [e for e in events if e[0] != self.wake_fd]
+                if events or not self.parked:     # parked: waiting for its connection (serve.py)
+                    break
                 events = self._epoll.poll(MAX_SLEEP_S)
             for fd, _events in events:
                 handle = self.pollfds[fd]
@@ -88,6 +94,9 @@ class CoreModule(Module):
         mem.pack(hvt.HVT_POLL_OUT, gpa + 8, ready_set, nready)
 
     def on_reset(self, vm: VM) -> None:
+        self._drop_wake()
+
+    def _drop_wake(self) -> None:
         if self.wake_fd >= 0:
             try:
                 os.eventfd_read(self.wake_fd)
