@@ -207,6 +207,7 @@ def attach(server, r: Relayed, port=40000):
     server.by_port[port] = r.conn
     server.sel.register(r.client_near, READ, ("client", r.conn))
     server.sel.register(r.up_near, READ | WRITE, ("upstream", r.conn))
+    r.conn.client_events, r.conn.upstream_events = READ, READ | WRITE
     return clone
 
 

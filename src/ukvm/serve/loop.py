@@ -180,7 +180,9 @@ class EventLoop:
         except BlockingIOError:
             pass
         self.sel.register(conn.client, READ, ("client", conn))
+        conn.client_events = READ
         self.sel.register(up, READ | WRITE, ("upstream", conn))
+        conn.upstream_events = READ | WRITE
 
     # --- relaying ------------------------------------------------------------------------------
     def _relay(self, conn: Connection, events: int, client_side: bool) -> None:
@@ -190,22 +192,21 @@ class EventLoop:
         if outcome is not None:
             self._finish(conn, outcome)
             return
-        self._watch(conn.client, relay.interest(conn, True), ("client", conn))
-        self._watch(conn.upstream, relay.interest(conn, False), ("upstream", conn))
+        conn.client_events = self._watch(conn.client, conn.client_events, relay.interest(conn, True),
+                                         ("client", conn))
+        conn.upstream_events = self._watch(conn.upstream, conn.upstream_events, relay.interest(conn, False),
+                                           ("upstream", conn))
 
-    def _watch(self, sock: socket.socket, events: int, data) -> None:
-        """Wait for `events` on `sock` (none: not at all)."""
-        try:
-            key = self.sel.get_key(sock)
-        except KeyError:
-            key = None
-        if key is None:
-            if events:
+    def _watch(self, sock: socket.socket, now: int, events: int, data) -> int:
+        """Wait for `events` on `sock` (none: not at all), which the selector holds with `now`."""
+        if events != now:
+            if not now:
                 self.sel.register(sock, events, data)
-        elif not events:
-            self.sel.unregister(sock)
-        elif key.events != events:
-            self.sel.modify(sock, events, data)
+            elif not events:
+                self.sel.unregister(sock)
+            else:
+                self.sel.modify(sock, events, data)
+        return events
 
     def _finish(self, conn: Connection, outcome: str, stop_clone: bool = True) -> None:
         """Close the connection's sockets and stop its clone (unless its run is over already:
@@ -214,13 +215,14 @@ class EventLoop:
             return
         client, up = conn.client, conn.upstream
         conn.client = conn.upstream = None
-        for s in (client, up):
+        for s, registered in ((client, conn.client_events), (up, conn.upstream_events)):
             if s is None:
                 continue
-            try:
-                self.sel.unregister(s)
-            except (KeyError, ValueError):
-                pass
+            if registered:
+                try:
+                    self.sel.unregister(s)
+                except (KeyError, ValueError):
+                    pass
             if s is up:                # reset, not FIN: the clone is gone, nothing to wait for
                 try:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

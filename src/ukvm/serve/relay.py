@@ -18,7 +18,8 @@ AGAIN = object()
 
 class Connection:
     __slots__ = ("client", "upstream", "clone", "port", "deadline", "started", "to_guest", "to_client",
-                 "client_eof", "guest_eof", "shut_upstream", "shut_client", "connected", "number")
+                 "client_eof", "guest_eof", "shut_upstream", "shut_client", "connected", "number",
+                 "client_events", "upstream_events")
 
     def __init__(self, client: socket.socket, started: float, deadline: float, number: int = 0):
         self.number = number                             # counted from 1 in accept order (cores' names)
@@ -33,6 +34,9 @@ class Connection:
         self.client_eof = self.guest_eof = False
         self.shut_upstream = self.shut_client = False
         self.connected = False                           # the upstream connection is established
+        # What the loop's selector waits for on each socket (0: not registered): kept here, as
+        # asking the selector raises, and formats, a KeyError for a socket it does not hold.
+        self.client_events = self.upstream_events = 0
 
     @property
     def finished(self) -> bool:
