@@ -210,7 +210,7 @@ def test_solo5_toolchain_build_is_served_too(served, httpd_solo5):
     ([], "--listen is required"),
     (["--listen=127.0.0.1:1"], "--guest is required"),
     (["--listen=127.0.0.1:x", "--guest=10.0.0.2:80"], "--listen: expected HOST:PORT"),
-    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--pool=0"], "--pool: expected an integer from 1 to 256, got '0'"),
+    (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--pool=0"], "--pool: expected an integer from 1 to 4096, got '0'"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--host-ip=192.168.9.1/24"], "must be another address"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--bogus=1"], "invalid option: `--bogus=1'"),
     (["--listen=127.0.0.1:1", "--guest=10.0.0.2:80", "--deadline=nan"], "--deadline: expected seconds, more than 0"),

@@ -35,9 +35,9 @@ def test_deadline_must_be_finite_and_positive(value):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--pool=0"], "--pool: expected an integer from 1 to 256, got '0'"),
-    (["--pool=100000"], "--pool: expected an integer from 1 to 256, got '100000'"),
-    (["--pool=-3"], "--pool: expected an integer from 1 to 256, got '-3'"),
+    (["--pool=0"], "--pool: expected an integer from 1 to 4096, got '0'"),
+    (["--pool=100000"], "--pool: expected an integer from 1 to 4096, got '100000'"),
+    (["--pool=-3"], "--pool: expected an integer from 1 to 4096, got '-3'"),
     (["--max-waiting=x"], "--max-waiting: expected an integer from 0 to"),
     (["--guest=10.0.0.2:0"], "--guest: expected IPv4:PORT with a port from 1 to 65535, got '10.0.0.2:0'"),
     (["--guest=example.org:80"], "--guest: expected IPv4:PORT, got 'example.org:80'"),
@@ -52,7 +52,7 @@ def test_deadline_must_be_finite_and_positive(value):
     (["--mem=zero"], "--mem: expected MiB, more than 0, got 'zero'"),
     (["--bogus=1"], "invalid option: `--bogus=1'"),
     (["--x-no-sandbox=1"], "invalid option: `--x-no-sandbox=1'"),
-    (["--pool"], "--pool: expected an integer from 1 to 256, got 'app.hvt'"),     # the next argument is its value
+    (["--pool"], "--pool: expected an integer from 1 to 4096, got 'app.hvt'"),     # the next argument is its value
 ])
 def test_bad_values_are_one_clear_error(options, message):
     with pytest.raises(UsageError) as e:
