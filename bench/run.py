@@ -644,11 +644,20 @@ def _cold_per_request(ns, image, n) -> list[float]:
                                image, timeout=120).stdout.decode().split()[-1]) for _ in range(n))
 
 
-def _serve_figures(ns, image, n, conc, pool=4, port=80, guest_args=(), mirage=False):
+# serve's own network when it alternates with a long-running server on tap0's 10.0.0.0/24.
+SERVE_NET = ("10.9.0.1/24", "10.9.0.2")
+
+
+def _serve_figures(ns, image, n, conc, pool=4, port=80, guest_args=(), mirage=False, net=None):
     """`ukvm serve` as users run it: sequential (and concurrent) load, then its drain summary.
-    With one clone, each reset runs alone: the next connection waits for it."""
+    With one clone, each reset runs alone: the next connection waits for it. `net`: (host
+    IP/prefix, guest IP) instead of serve's default 10.0.0.0/24 (the httpd told its address)."""
+    where = [f"--guest=10.0.0.2:{port}"]
+    if net is not None:
+        where = [f"--host-ip={net[0]}", f"--guest={net[1]}:{port}"]
+        guest_args = (*guest_args, f"--ipv4={net[1]}/{net[0].split('/')[1]}", f"--ipv4-gateway={net[0].split('/')[0]}")
     proc = ns.popen(sys.executable, "-m", "ukvm", "serve", f"--pool={pool}", "--mem=64", "--listen=127.0.0.1:80",
-                    f"--guest=10.0.0.2:{port}", "--", image, *guest_args)
+                    *where, "--", image, *guest_args)
     out = b""
     try:
         while b"ukvm serve: listening" not in out:
@@ -663,6 +672,53 @@ def _serve_figures(ns, image, n, conc, pool=4, port=80, guest_args=(), mirage=Fa
     m = re.search(rb"reset p50 (\d+) us, p99 (\d+) us; each clone keeps (\d+) KiB", out)
     assert m, out
     return seq, par, {"reset_p50": int(m.group(1)), "reset_p99": int(m.group(2)), "clone_kib": int(m.group(3))}
+
+
+def _density(ns, image, clones, mem) -> dict:
+    """`ukvm serve --pool=CLONES`: seconds from the snapshot to every clone parked (the
+    "listening" line comes after the last clone's thread started) and the host memory they
+    took (MemAvailable before the start against after, the serve process's RSS). Unconfined:
+    serve's seccomp filter grows with the clones' descriptors and the kernel takes at most 4,096
+    instructions (~480 clones)."""
+    def available_kib():
+        with open("/proc/meminfo") as f:
+            return int(re.search(r"MemAvailable:\s+(\d+)", f.read()).group(1))
+    before = available_kib()
+    proc = ns.popen(sys.executable, "-m", "ukvm", "serve", f"--pool={clones}", f"--mem={mem}", "--x-no-sandbox",
+                    "--listen=127.0.0.1:80", f"--host-ip={SERVE_NET[0]}", f"--guest={SERVE_NET[1]}:80", "--", image,
+                    f"--ipv4={SERVE_NET[1]}/24", f"--ipv4-gateway={SERVE_NET[0].split('/')[0]}")
+    out, snapped = b"", None
+    try:
+        while b"ukvm serve: listening" not in out:
+            line = proc.stdout.readline()
+            assert line, out
+            out += line
+            if b"snapshot taken" in line:
+                snapped = time.perf_counter()
+        took = time.perf_counter() - snapped
+        time.sleep(1)                      # the last clones reach their first POLL
+        used = before - available_kib()
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        served = _http_load(ns, "127.0.0.1", 20)        # and they serve
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=300)
+    return {"seconds": took, "kib": used, "rss_kib": rss, "p50": served["p50"]}
+
+
+def _fresh_against_long(ns, images: dict, n, conc, rounds) -> dict:
+    """serve (fresh clone per request) and the same image long-running under ukvm, alternated
+    A/B/A/B in rounds, so that the shared host's load hits both alike: medians per figure."""
+    got: dict = {}
+    for _ in range(rounds):
+        for name, image in images.items():
+            seq, par, _ = _serve_figures(ns, image, n, conc, net=SERVE_NET)
+            long_seq, long_par = _long_running(ns, [LAUNCHER, "--mem=64"], image, n, conc)
+            for kind, figures in (("fresh", seq), ("fresh_conc", par), ("long", long_seq), ("long_conc", long_par)):
+                for q, v in figures.items():
+                    got.setdefault((name, kind, q), []).append(v)
+    return {key: statistics.median(v) for key, v in got.items()}
 
 
 def bench_serve(work, quick):
@@ -691,6 +747,7 @@ def bench_serve(work, quick):
         long_hc, _ = _long_running(ns, [LAUNCHER, "--mem=64", "--net-ring=off"], image, n, None)
         cold = _cold_per_request(ns, image, 10 if quick else 30)
         peer = None
+        images = {"ukvm-built": image}
         if solo5_sdk.available():
             lwip = httpd_build.fetch_lwip()
             sdk_image = solo5_sdk.build(httpd_build.sources(lwip, solo5_toolchain=True), work / "httpd-solo5.hvt",
@@ -698,6 +755,11 @@ def bench_serve(work, quick):
                                         ["-O2", "-mgeneral-regs-only", "-fno-tree-loop-distribute-patterns",
                                          *httpd_build.include_flags(lwip)])   # solo5-hvt runs it at CPL0
             peer, _ = _long_running(ns, [solo5_sdk.SOLO5_HVT, "--mem=64"], sdk_image, 20, None)
+            images["Solo5-built"] = sdk_image
+        # Issue 20's targets, both builds, against the same image long-running, alternated.
+        rounds = 2 if quick else 3
+        ab = _fresh_against_long(ns, images, n // 3, conc, rounds)
+        density = _density(ns, image, 1000, 16)
         mirage = None
         if MIRAGE_HTTP.exists():         # the same MirageOS unikernel long-running
             m_long, _ = _long_running(ns, [LAUNCHER, "--mem=64"], MIRAGE_HTTP, n, None, nic="service", port=8080,
@@ -723,6 +785,21 @@ def bench_serve(work, quick):
     if peer is not None:
         row("serve", "fresh clone per request: p50", seq["p50"], "ms", peer["p50"],
             "Solo5-built httpd on solo5-hvt, long-running")
+    note = f"median of {rounds} alternated runs of {n // 3}"
+    for name in images:
+        for q, target in (("p50", 1.0), ("p99", 3.0)):
+            row("serve", f"{name}, fresh clone, sequential: {q}", ab[(name, "fresh", q)], "ms",
+                ab[(name, "long", q)], "same image long-running", f"target <= {target:.0f} ms; {note}")
+            row("serve", f"{name}, fresh clone, {conc} at once: {q}", ab[(name, "fresh_conc", q)], "ms",
+                ab[(name, "long_conc", q)], "same image long-running", f"target <= {target:.0f} ms; {note}")
+        row("serve", f"{name}, fresh clone, sequential", ab[(name, "fresh", "rps")], "req/s",
+            ab[(name, "long", "rps")], "same image long-running", f"target >= 0.5x; {note}")
+        row("serve", f"{name}, fresh clone, {conc} at once", ab[(name, "fresh_conc", "rps")], "req/s",
+            ab[(name, "long_conc", "rps")], "same image long-running", f"target >= 0.5x; {note}")
+    row("serve", "time to 1,000 parked clones", density["seconds"], "s", None, "",
+        note=f"--mem=16, unconfined; then p50 {density['p50']:.1f} ms")
+    row("serve", "parked clones per GiB of host memory", 1000 * (1 << 20) / max(density["kib"], 1), "/GiB", None, "",
+        note=f"MemAvailable fell {density['kib'] >> 10} MiB for 1,000 (serve's RSS {density['rss_kib'] >> 10} MiB)")
     if mirage is None:
         print(f"serve     MirageOS figures skipped: {MIRAGE_HTTP} is absent", flush=True)
         return
