@@ -278,6 +278,10 @@ def test_serve_pods_behind_a_service_answer_each_request_from_a_fresh_instance(c
         assert "requests served by this VM instance: 1" in body and f"path: /r{i}" in body, body[:200]
     c.kubectl("scale", "deployment", "fleet", "--replicas=3")
     pods = ready_pods(c, "fleet", 3)
+    # Ready is "started"; serve binds its metrics port just after its listening one.
+    for p in pods:
+        wait_for(lambda: c.http(f"http://{p['status']['podIP']}:{METRICS_PORT}/metrics", timeout=2), 30,
+                 what=f"serve listening in {p['metadata']['name']}")
     before = {p["status"]["podIP"]: scraped_requests(c, p) for p in pods}
     wait_for(lambda: len(c.get("endpoints", "fleet")["subsets"][0].get("addresses", [])) == 3, 30,
              what="three endpoints")
