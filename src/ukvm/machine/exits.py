@@ -12,10 +12,7 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
 from ukvm.kvm import abi
 
-HYPERCALL_NAMES = {hvt.HVT_HYPERCALL_WALLTIME: "walltime", hvt.HVT_HYPERCALL_PUTS: "puts",
-                   hvt.HVT_HYPERCALL_POLL: "poll", hvt.HVT_HYPERCALL_BLOCK_WRITE: "block_write",
-                   hvt.HVT_HYPERCALL_BLOCK_READ: "block_read", hvt.HVT_HYPERCALL_NET_WRITE: "net_write",
-                   hvt.HVT_HYPERCALL_NET_READ: "net_read", hvt.HVT_HYPERCALL_HALT: "halt"}
+HYPERCALL_NAMES = hvt.HYPERCALL_NAMES      # here too for its older importers (serve)
 
 
 class HypercallTable:

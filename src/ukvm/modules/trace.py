@@ -34,10 +34,6 @@ LAYOUTS = {
     hvt.HVT_HYPERCALL_NET_WRITE: (hvt.hvt_hc_net_io, ("handle", "data", "len", "ret"), ("ret",)),
     hvt.HVT_HYPERCALL_NET_READ: (hvt.hvt_hc_net_io, ("handle", "data", "len", "ret"), ("len", "ret")),
 }
-NAMES = {hvt.HVT_HYPERCALL_WALLTIME: "walltime", hvt.HVT_HYPERCALL_PUTS: "puts", hvt.HVT_HYPERCALL_POLL: "poll",
-         hvt.HVT_HYPERCALL_BLOCK_WRITE: "block_write", hvt.HVT_HYPERCALL_BLOCK_READ: "block_read",
-         hvt.HVT_HYPERCALL_NET_WRITE: "net_write", hvt.HVT_HYPERCALL_NET_READ: "net_read",
-         hvt.HVT_HYPERCALL_HALT: "halt"}
 ADDRESS_FIELDS = frozenset(("data",))     # shown in hex
 RESULTS = {hvt.SOLO5_R_OK: "OK", hvt.SOLO5_R_AGAIN: "AGAIN", hvt.SOLO5_R_EINVAL: "EINVAL",
            hvt.SOLO5_R_EUNSPEC: "EUNSPEC"}
@@ -74,7 +70,7 @@ class Tracer:
         return {n: (f"{v:#x}" if n in ADDRESS_FIELDS else v) for n, v in zip(names, values)}
 
     def wrap(self, nr: int, handler):
-        name = NAMES[nr]
+        name = hvt.HYPERCALL_NAMES[nr]
         _st, _names, out_names = LAYOUTS[nr]
         clock = time.perf_counter
 
@@ -142,7 +138,8 @@ class TraceModule(Module):
         if table.on_debug_port is not None:       # --gdb at CPL3: a stop the CPL0 code reported
             table.on_debug_port = self._traced_debug_port(table.on_debug_port)
         tracer.emit({"event": "start", "guest_cpl": vm.guest_cpl, "supervised": bool(vm.supervised),
-                     "hypercalls": [NAMES[nr] for nr, h in enumerate(table.handlers) if h is not None]})
+                     "hypercalls": [hvt.HYPERCALL_NAMES[nr] for nr, h in enumerate(table.handlers)
+                                    if h is not None]})
 
     def _traced_debug_port(self, on_debug_port):
         def traced(frame_gpa: int) -> None:
