@@ -184,14 +184,7 @@ class Snapshot:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise SnapshotError(f"{path}: {os.strerror(e.errno)}") from None
-        try:
-            return cls._parse(fd, path)
-        except SnapshotError as e:
-            os.close(fd)
-            raise SnapshotError(f"{path}: invalid snapshot: {e}") from None
-        except BaseException:
-            os.close(fd)
-            raise
+        return cls.from_fd(fd, path)
 
     @classmethod
     def _parse(cls, fd: int, path: str) -> Snapshot:
