@@ -10,7 +10,8 @@ sysctls it would otherwise write (`protectKernelDefaults: true` then only checks
 address is on a veth (both ends inside) in the private network namespace, which also carries
 its default route (so that Service addresses route). kubelet's QoS and pod cgroups
 live under a test-specific cgroupRoot, removed depth-first afterwards; the mount points made for
-the tmpfs are removed when this made them. Nothing reaches outside (../shared/k8s/README.md).
+the tmpfs are removed by the last cluster to end (several test runs may share the machine).
+Nothing reaches outside (../shared/k8s/README.md).
 
 Components: etcd (Debian's etcd-server, data on tmpfs), kube-apiserver (self-signed certificates,
 AlwaysAllow), kube-controller-manager, kube-scheduler, kube-proxy (iptables mode), containerd 1.6
@@ -19,6 +20,7 @@ bridge, and a kubelet registered as node `ukvm-node`.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -41,6 +43,13 @@ KERNEL_DEFAULTS = {"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/
                    "kernel/panic_on_oops": "1", "kernel/keys/root_maxkeys": "1000000",
                    "kernel/keys/root_maxbytes": "25000000"}
 TMPFS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni", "/run/containerd", "/run/netns")
+# The tmpfs need their mount points on the host. Removing a directory that is a mount point in
+# another mount namespace detaches that mount there (Linux >= 3.18): a cluster must not remove
+# the mount points while another cluster (another engineer's test run) uses them. Each cluster
+# holds a shared lock (on /run itself: nothing to leave behind); the one that can take it
+# exclusively at its end removes the directories any cluster made (listed in MADE_DIRS).
+LOCK = "/run"
+MADE_DIRS = "/run/ukvm-k8s-tests.made"
 # The namespace's init: reaps whatever is reparented to it (shims, tenders); SIGTERM ends it.
 REAPER = ("import os, signal, time\nsignal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n"
           "while True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(0.2)\n")
@@ -96,7 +105,14 @@ class Cluster:
         self.cgroup_root = f"/{self.tag}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
-        self.made_dirs = [d for d in TMPFS if not os.path.exists(d)]
+        self.lock = os.open(LOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.lock, fcntl.LOCK_SH)
+        made = [d for d in TMPFS if not os.path.exists(d)]
+        for d in made:
+            os.makedirs(d, exist_ok=True)
+        if made:
+            with open(MADE_DIRS, "a") as f:
+                f.write("".join(d + "\n" for d in made))
         self.init: subprocess.Popen | None = None
         self.kubeconfig = work / "admin.kubeconfig"
         try:
@@ -328,11 +344,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             log.close()
         for mount in cgroup_mounts():
             remove_cgroup_tree(Path(mount) / self.tag)
-        for d in self.made_dirs:
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass                            # another cluster runs: the last one removes them
+        else:
             try:
-                os.rmdir(d)
-            except OSError:
+                with open(MADE_DIRS) as f:
+                    made = set(f.read().split())
+                for d in made:
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+                os.unlink(MADE_DIRS)
+            except FileNotFoundError:
                 pass
+        os.close(self.lock)
 
 
 def remove_cgroup_tree(top: Path, timeout: float = 30) -> None:
