@@ -14,15 +14,11 @@ import struct
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault, UkvmError
+# FRAME, FRAME_GPRS: the supervisor's frame, which the runtime's cpu.c shares.
+from ukvm.machine.supervisor import FRAME, FRAME_GPRS, STATE_FIELDS, SV_STACK_BASE, SV_STACK_TOP, SV_STATE
 
-# The frame: rax rcx rdx rbx (RSP slot, unused) rbp rsi rdi r8-r15, vector, error code, then
-# what the CPU pushed: rip cs rflags rsp ss.
-FRAME = struct.Struct("<16Q2Q5Q")
-FRAME_GPRS = ("rax", "rcx", "rdx", "rbx", None, "rbp", "rsi", "rdi",
-              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 RFLAGS_TF = 1 << 8
-RFLAGS_RF = 1 << 16
-VEC_DB, VEC_BP, VEC_GP = 1, 3, 13
+VEC_BP, VEC_GP = 3, 13
 GP_EC_IDT_BP = 3 << 3 | 2          # #GP raised by int3 at CPL3 through a DPL 0 gate
 INT3 = b"\xcc"
 
@@ -33,7 +29,6 @@ class TrapFrame:
     def __init__(self, vm: VM, gpa: int):
         self.vm, self.gpa = vm, gpa
         if vm.supervised:        # on the supervisor's own stack, below what the guest may reach
-            from ukvm.machine.supervisor import SV_STACK_BASE, SV_STACK_TOP
             if not SV_STACK_BASE <= gpa <= SV_STACK_TOP - FRAME.size:
                 raise GuestFault(f"gdb: debug stop with a frame outside the supervisor's stack: {gpa:#x}")
             raw = vm.mem.host_read(gpa, FRAME.size)
@@ -69,7 +64,6 @@ def enable_reports(vm: VM, on: bool = True) -> None:
     boot-info feature bit (read by it at each trap, so that a VM restored from a snapshot can be
     debugged too)."""
     if vm.supervised:
-        from ukvm.machine.supervisor import SV_STATE, STATE_FIELDS
         vm.mem.host_write(SV_STATE + 8 * STATE_FIELDS.index("debug"), struct.pack("<Q", int(on)))
         return
     if on:
