@@ -1,4 +1,5 @@
-"""The profiler's pure parts: call-site recognition, symbol lookup, folded and SVG output."""
+"""The profiler's pure parts: call-site recognition, the frame-pointer walk over guest memory, symbol
+lookup, folded and SVG output."""
 import xml.etree.ElementTree as ET
 
 from ukvm.modules.profile import follows_call
@@ -44,3 +45,59 @@ def test_folded_and_svg():
 
 def test_svg_of_no_samples_is_valid():
     assert ET.fromstring(svg({}, "empty")).tag.endswith("svg")
+
+
+class _Vm:
+    """What Sampler reads of a VM: its memory, vCPU (unused here), supervision and run loop."""
+    def __init__(self, mem, supervised):
+        self.mem, self.vcpu, self.supervised = mem, None, supervised
+
+    def _run_loop(self):
+        pass
+
+
+def _sampler(supervised=False):
+    import struct
+
+    from ukvm.machine.memory import GuestMemory
+    from ukvm.modules.profile import Sampler
+    mem = GuestMemory(1 << 20)
+    # main at 0x1000 calls mid at 0x2000 (call rel32 ending at 0x1105), which calls leaf at
+    # 0x3000 (call ending at 0x2205): the return addresses follow an e8 rel32.
+    mem.host_write(0x1100, b"\xe8\0\0\0\0")
+    mem.host_write(0x2200, b"\xe8\0\0\0\0")
+    symbols = Symbols([(0x1000, 0x200, "main"), (0x2000, 0x300, "mid"), (0x3000, 0x100, "leaf")])
+    sampler = Sampler(_Vm(mem, supervised), symbols)
+    frame = struct.Struct("<QQ")
+    return sampler, mem, frame
+
+
+def test_walk_follows_a_checked_frame_chain():
+    sampler, mem, frame = _sampler()
+    mem.host_write(0x80000, frame.pack(0x80100, 0x2205))     # leaf's frame: mid's rbp, return into mid
+    mem.host_write(0x80100, frame.pack(0, 0x1105))           # mid's frame: main's rbp (none), into main
+    assert sampler.walk(0x3010, 0x80000, 0x7FF00) == (0x3010, 0x2205, 0x1105)
+    assert [sampler.symbols.name_of(a - 1) for a in sampler.walk(0x3010, 0x80000, 0x7FF00)[1:]] == ["mid", "main"]
+
+
+def test_walk_stops_at_what_does_not_check_out():
+    sampler, mem, frame = _sampler()
+    mem.host_write(0x80000, frame.pack(0x7F000, 0x2205))     # the next frame lies below this one:
+    mem.host_write(0x7F000, frame.pack(0, 0x1105))           # never followed, though it checks out
+    assert sampler.walk(0x3010, 0x80000, 0x7FF00) == (0x3010, 0x2205)
+    mem.host_write(0x80204, frame.pack(0, 0x2205))           # a frame that would check out, but
+    assert sampler.walk(0x3010, 0x80204, 0x7FF00) == (0x3010,)          # at a misaligned rbp
+    assert sampler.walk(0x3010, 0x7F000, 0x7FF00) == (0x3010,)          # rbp below rsp
+    assert sampler.walk(0x3010, (1 << 20) - 8, 0) == (0x3010,)          # frame past guest memory
+    assert sampler.walk(0x3010, 1 << 63, 0) == (0x3010,)
+    mem.host_write(0x80000, frame.pack(0x80100, 0x2203))     # not just after a call
+    assert sampler.walk(0x3010, 0x80000, 0x7FF00) == (0x3010,)
+
+
+def test_samples_in_the_supervisor_are_named_so():
+    from ukvm.machine.supervisor import SV_BASE, SV_CODE_END
+    sampler, _, _ = _sampler(supervised=True)
+    assert sampler._name(SV_BASE) == sampler._name(SV_CODE_END - 1) == "[ukvm supervisor]"
+    assert sampler._name(SV_CODE_END) == f"{SV_CODE_END:#x}" and sampler._name(0x3010) == "leaf"
+    plain, _, _ = _sampler(supervised=False)
+    assert plain._name(SV_BASE) == f"{SV_BASE:#x}"

@@ -26,6 +26,7 @@ import struct
 from time import perf_counter as _clock
 
 from ukvm.errors import UkvmError, UsageError
+from ukvm.machine.supervisor import SV_BASE, SV_CODE_END
 from ukvm.modules import Module
 from ukvm.options import Option, integer, text
 
@@ -35,7 +36,6 @@ MAX_DEPTH = 128
 FRAME = struct.Struct("<QQ")      # saved rbp, return address
 SIGEV_THREAD_ID = 4
 CLOCK_MONOTONIC = 1
-SUPERVISOR_CODE = (0x9000, 0xC000)     # machine/supervisor.py SV_BASE..SV_CODE_END
 
 
 class _Sigevent(ctypes.Structure):
@@ -153,7 +153,7 @@ class Sampler:
         return out
 
     def _name(self, rip: int) -> str:
-        if self.vm.supervised and SUPERVISOR_CODE[0] <= rip < SUPERVISOR_CODE[1]:
+        if self.vm.supervised and SV_BASE <= rip < SV_CODE_END:
             return "[ukvm supervisor]"
         return self.symbols.name_of(rip)
 
