@@ -17,7 +17,7 @@ ALLOWED = {
     "modules": {"kvm", "machine.memory", "machine.manifest", "machine.vcpu", "machine.supervisor",
                 "sandbox.needs"},
     "sandbox": {"kvm", "machine.snapshot"},
-    "toolchain": {"machine.manifest", "machine.supervisor", "machine"},
+    "toolchain": {"machine.manifest", "machine.elf", "machine.supervisor"},
     "serve": {"machine", "modules", "sandbox"},
     "oci": {"machine"},
     "cli": {"kvm", "machine", "modules", "sandbox", "toolchain", "serve", "oci"},
@@ -29,7 +29,14 @@ ALLOWED = {
 def imports_of(path: Path):
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] if node.module != "ukvm" else [f"ukvm.{a.name}" for a in node.names]
+            # `from ukvm.machine import supervisor` imports ukvm.machine.supervisor, not all of
+            # ukvm.machine; a name that is no module file is the package's own.
+            where = SRC.parent.joinpath(*node.module.split("."))
+            is_module = [(where / f"{a.name}.py").exists() or (where / a.name).is_dir() for a in node.names]
+            names = [f"{node.module}.{a.name}" for a, sub in zip(node.names, is_module)
+                     if sub or node.module == "ukvm"]
+            if not all(is_module) and node.module != "ukvm":
+                names.append(node.module)
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
