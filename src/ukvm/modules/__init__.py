@@ -10,8 +10,9 @@ Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm
 modules, and the tender imports only what a run needs (docs/performance.md).
 
 May import: ukvm.errors, ukvm.hvt_abi, ukvm.options, ukvm.kvm, ukvm.machine (memory, manifest,
-vcpu; supervisor for its frame, state and code range: gdb, trace, dumpcore, profile), ukvm.sandbox.needs (the words to
-declare what each module needs). Never a front end (tests/unit/test_layers.py checks it).
+vcpu; supervisor for its frame, state and code range: gdb, trace, dumpcore, profile),
+ukvm.sandbox.needs (the words to declare what each module needs). Never a front end
+(tests/unit/test_layers.py checks it).
 """
 from __future__ import annotations
 
