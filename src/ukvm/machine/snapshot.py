@@ -11,6 +11,9 @@ starts and how long it is), the metadata as JSON, then the memory image, page al
 A snapshot file is input like an ELF file: every field is checked before anything is built from
 it, and a bad one is one line (SnapshotError). The memory image is guest data: like an image's
 code it can only harm the guest that runs it.
+
+Over 400 lines: the format's reader (every field checked), its writer (SnapshotWriter: a safe
+rename in a shared directory) and what each needs once confined stay with the one format.
 """
 from __future__ import annotations
 

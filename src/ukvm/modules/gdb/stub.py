@@ -1,5 +1,7 @@
 """modules/gdb/stub.py: the GDB remote-serial-protocol stub behind `--gdb` (modules/gdb/__init__.py; hvt-abi.md 16;
-docs/debugging.md). Imported only when --gdb is given.
+docs/debugging.md). Imported only when --gdb is given. Over 400 lines: one class, whose session
+state (stop frame, breakpoints, stepping) every command touches; packet framing (protocol.py) and
+the CPL3 trap frame and int3s (traps.py) are already apart.
 
 The tender waits for one debugger on 127.0.0.1:PORT before the guest's first instruction, then
 serves it: registers (general, segments, FS/GS bases, x87 and SSE, described by a target XML),
