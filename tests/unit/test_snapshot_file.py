@@ -259,3 +259,19 @@ def test_tender_writes_are_remembered_by_page():
         assert mem.host_dirty == {0x10, 0x11, 0x20, 0x21, 0x22}
     finally:
         mem.close()
+
+
+def test_what_is_not_a_regular_file_is_one_line(tmp_path):
+    """A directory or FIFO named by --restore, or a pipe handed back by a confined boot
+    (from_fd): SnapshotError, never a traceback or a hang on the FIFO's open."""
+    with pytest.raises(SnapshotError, match="not a regular file"):
+        Snapshot.load(str(tmp_path))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(SnapshotError, match="not a regular file"):
+        Snapshot.load(str(tmp_path / "fifo"))
+    r, w = os.pipe()
+    os.close(w)
+    with pytest.raises(SnapshotError, match="^a boot: invalid snapshot: not a regular file$"):
+        Snapshot.from_fd(r, "a boot")
+    with pytest.raises(OSError):
+        os.fstat(r)                       # from_fd took the descriptor and closed it

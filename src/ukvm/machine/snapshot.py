@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -177,6 +178,9 @@ class Snapshot:
         except SnapshotError as e:
             os.close(fd)
             raise SnapshotError(f"{what}: invalid snapshot: {e}") from None
+        except OSError as e:             # a read error: still one line
+            os.close(fd)
+            raise SnapshotError(f"{what}: {os.strerror(e.errno) if e.errno else e}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -184,7 +188,8 @@ class Snapshot:
     @classmethod
     def load(cls, path: str) -> Snapshot:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO named by the user must not hang the open (_parse refuses it).
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             raise SnapshotError(f"{path}: {os.strerror(e.errno)}") from None
         return cls.from_fd(fd, path)
@@ -192,6 +197,8 @@ class Snapshot:
     @classmethod
     def _parse(cls, fd: int, path: str) -> Snapshot:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):     # a directory, FIFO or device; or a pipe from a confined boot
+            raise SnapshotError("not a regular file")
         head = os.pread(fd, HEADER.size, 0)
         if len(head) < HEADER.size:
             raise SnapshotError("file too short")
