@@ -29,7 +29,8 @@ def run_bpf(program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_64) 
     args = tuple(a & (2**64 - 1) for a in args) + (0,) * (6 - len(args))
     data = struct.pack("<IIQ6Q", nr & 0xFFFFFFFF, arch, 0x1000, *args)
     ops = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
-    pc, acc = 0, 0
+    pc, acc, x = 0, 0, 0
+    alu = {0x14: lambda a: a - k, 0x24: lambda a: a * k, 0x34: lambda a: a // k}   # SUB, MUL, DIV (K)
     for _ in range(len(ops) + 1):       # jumps only go forward: at most one pass
         code, jt, jf, k = ops[pc]
         if code == 0x20:                # LD W ABS
@@ -38,9 +39,16 @@ def run_bpf(program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_64) 
             pc += 1
         elif code == JA:
             pc += 1 + k
-        elif code in (0x15, 0x45):      # JEQ K, JSET K
-            hit = acc == k if code == 0x15 else bool(acc & k)
+        elif code in (0x15, 0x45, 0x35, 0x25, 0x1D):      # JEQ K, JSET K, JGE K, JGT K (unsigned), JEQ X
+            hit = {0x15: acc == k, 0x45: bool(acc & k), 0x35: acc >= k, 0x25: acc > k, 0x1D: acc == x}[code]
             pc += 1 + (jt if hit else jf)
+        elif code in alu:               # 32-bit unsigned arithmetic, as the kernel's
+            assert code != 0x34 or k != 0
+            acc = alu[code](acc) & 0xFFFFFFFF
+            pc += 1
+        elif code == 0x07:              # TAX
+            x = acc
+            pc += 1
         elif code == 0x06:              # RET K
             return k
         else:

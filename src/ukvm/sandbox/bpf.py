@@ -3,9 +3,11 @@
 Layout of the program: check the architecture; dispatch on the call number (ioctl first: KVM_RUN
 is the call made once per exit; then the others a request makes most, HOT), where a call allowed whatever its arguments returns at once and
 one with conditions jumps to its block; anything else is killed. A block tries each alternative
-in turn (all its conditions must hold) and kills when none does. Conditional jumps only ever skip
-one instruction or land inside their own test; far jumps are JA, whose offset is 32 bits, so the
-program is valid whatever its size (up to the kernel's 4096 instructions).
+in turn (all its conditions must hold) and kills when none does. A set of values (the fds of
+every clone) is tested piece by piece (pieces(): ranges, evenly spaced runs, single values), so
+serve's filter grows with the number of pieces, not of clones (docs/security.md). Conditional
+jumps only ever land inside their own piece or chunk; far jumps are JA, whose offset is 32 bits,
+so the program is valid whatever its size (up to the kernel's 4096 instructions).
 """
 from __future__ import annotations
 
@@ -32,7 +34,17 @@ LD_W_ABS = 0x20
 JA = 0x05
 JEQ_K = 0x15
 JSET_K = 0x45
+JGE_K = 0x35
+JGT_K = 0x25
+JEQ_X = 0x1D
+ALU_SUB_K = 0x14
+ALU_MUL_K = 0x24
+ALU_DIV_K = 0x34
+MISC_TAX = 0x07
 RET_K = 0x06
+# A set of values compiles to pieces (pieces()): a run of consecutive values of at least
+# RANGE_MIN costs 3 instructions, an evenly spaced one of at least STRIDED_MIN 9; a single value 1.
+RANGE_MIN, STRIDED_MIN = 3, 10
 OFF_NR, OFF_ARCH = 0, 4
 # Dispatched first, in this order: the calls a serve request makes most (strace -c: per request
 # about 25 ioctl (KVM_RUN), 40 futex, 13 epoll_wait, 12 read, 10 recvfrom, 8 write, 6 sendto).
@@ -72,29 +84,91 @@ class Program:
 
 
 def _merge(alternatives: set[tuple]) -> list[tuple]:
-    """Fewer, wider alternatives: two that differ only in the values of one "in" test become one
-    (KVM_RUN on vCPU 1 + KVM_RUN on vCPU 2 = KVM_RUN on either). Deterministic order."""
-    alts = [dict((i, (kind, v)) for i, kind, v in alt) for alt in alternatives]
-    merged = True
-    while merged:
-        merged = False
-        for a in range(len(alts)):
-            for b in range(a + 1, len(alts)):
-                x, y = alts[a], alts[b]
-                if x.keys() != y.keys():
-                    continue
-                differ = [i for i in x if x[i] != y[i]]
-                if len(differ) == 1 and x[differ[0]][0] == y[differ[0]][0] == "in":
-                    i = differ[0]
-                    x[i] = ("in", x[i][1] | y[i][1])
-                    del alts[b]
-                    merged = True
-                    break
-            if merged:
-                break
-    out = [tuple(sorted((i, kind, v) for i, (kind, v) in alt.items())) for alt in alts]
-    return sorted(out, key=lambda alt: (len(alt), repr(sorted((i, k, sorted(v) if isinstance(v, frozenset) else v)
-                                                              for i, k, v in alt))))
+    """Fewer, wider alternatives: those that differ only in the values of one "in" test become one
+    (KVM_RUN on vCPU 1 + KVM_RUN on vCPU 2 = KVM_RUN on either); exact, never wider than declared.
+    Buckets by everything but that test, so thousands of clones merge in linear passes.
+    Deterministic order."""
+    alts = {tuple(sorted(alt)) for alt in alternatives}
+    changed = True
+    while changed:
+        changed = False
+        for pos in range(max((len(alt) for alt in alts), default=0)):
+            buckets: dict[tuple, set] = {}
+            rest = []
+            for alt in alts:
+                if pos < len(alt) and alt[pos][1] == "in":
+                    key = (alt[:pos], alt[pos][0], alt[pos + 1:])
+                    buckets.setdefault(key, set()).update(alt[pos][2])
+                else:
+                    rest.append(alt)
+            merged = {head + ((index, "in", frozenset(values)),) + tail for (head, index, tail), values in buckets.items()}
+            if len(merged) + len(rest) < len(alts):
+                changed = True
+            alts = set(rest) | merged
+    return sorted(alts, key=lambda alt: (len(alt), repr([(i, k, sorted(v) if isinstance(v, frozenset) else v)
+                                                         for i, k, v in alt])))
+
+
+def pieces(values) -> list[tuple[int, int, int]]:
+    """A sorted set of values as (first, stride, count) pieces: runs of consecutive values (a
+    range: two comparisons), evenly spaced runs (every clone's vCPU fd, 9 apart: a range and a
+    division), and single values. Exact: a piece holds its values and nothing else."""
+    values = sorted(values)
+    out, i = [], 0
+    while i < len(values):
+        j, stride = i, (values[i + 1] - values[i] if i + 1 < len(values) else 1)
+        while j + 1 < len(values) and values[j + 1] - values[j] == stride:
+            j += 1
+        count = j - i + 1
+        if count >= (RANGE_MIN if stride == 1 else STRIDED_MIN):
+            out.append((values[i], stride, count))
+            i = j + 1
+        else:
+            out.append((values[i], 1, 1))
+            i += 1
+    return out
+
+
+def emit_membership(p: Program, offset: int, values, hit: str, miss: str, prefix: str) -> None:
+    """Jump to `hit` when the argument at `offset` (loaded in A) is one of `values`, else to
+    `miss`; the program's size grows with the number of pieces, not of values. Single values are
+    JEQs in chunks, so that every JEQ reaches its trampoline."""
+    singles: list[int] = []
+
+    def flush(n: int) -> None:
+        for c in range(0, len(singles), 200):
+            here = f"{prefix}_s{n}_{c}"
+            for v in singles[c:c + 200]:
+                p.op(JEQ_K, v, f"{here}_hit", 0)
+            p.op(JA, f"{here}_next")
+            p.label(f"{here}_hit")
+            p.op(JA, hit)
+            p.label(f"{here}_next")
+        singles.clear()
+
+    for n, (first, stride, count) in enumerate(pieces(values)):
+        if count == 1:
+            singles.append(first)
+            continue
+        flush(n)
+        last, nxt = first + stride * (count - 1), f"{prefix}_p{n}_next"
+        p.op(JGE_K, first, 0, nxt)
+        p.op(JGT_K, last, nxt, 0)
+        if stride == 1:
+            p.op(JA, hit)
+            p.label(nxt)
+            continue
+        # (A - first) is a multiple of stride: (A - first) / stride * stride == (A - first).
+        p.op(ALU_SUB_K, first)
+        p.op(MISC_TAX)
+        p.op(ALU_DIV_K, stride)
+        p.op(ALU_MUL_K, stride)
+        p.op(JEQ_X, 0, 0, nxt)
+        p.op(JA, hit)
+        p.label(nxt)
+        p.op(LD_W_ABS, offset)          # A was changed; the next piece compares the argument again
+    flush(len(values))
+    p.op(JA, miss)
 
 
 def compile_needs(needs: Needs) -> bytes:
@@ -124,28 +198,17 @@ def compile_needs(needs: Needs) -> bytes:
             fail = f"{name}_{n}_fail"
             for t, (index, kind, value) in enumerate(alt):
                 p.op(LD_W_ABS, arg_offset(index))
-                if kind == "in":        # in chunks, so that every JEQ reaches its trampoline
-                    ok = f"{name}_{n}_{t}_ok"
-                    values = sorted(value)
-                    chunks = [values[c:c + 200] for c in range(0, len(values), 200)]
-                    for c, chunk in enumerate(chunks):
-                        here = f"{name}_{n}_{t}_{c}"
-                        for v in chunk:
-                            p.op(JEQ_K, v, f"{here}_hit", 0)
-                        p.op(JA, f"{name}_{n}_{t}_{c + 1}" if c + 1 < len(chunks) else fail)
-                        p.label(f"{here}_hit")
-                        p.op(JA, ok)
-                        p.label(f"{name}_{n}_{t}_{c + 1}")
-                    p.label(ok)
+                ok = f"{name}_{n}_{t}_ok"
+                if kind == "in":
+                    emit_membership(p, arg_offset(index), value, ok, fail, f"{name}_{n}_{t}")
                 elif kind == "not_in":
-                    for v in sorted(value):
-                        p.op(JEQ_K, v, 0, 1)
-                        p.op(JA, fail)
+                    emit_membership(p, arg_offset(index), value, fail, ok, f"{name}_{n}_{t}")
                 elif kind == "clear":
                     p.op(JSET_K, value, 0, 1)
                     p.op(JA, fail)
                 else:
                     raise ValueError(f"unknown test {kind!r}")
+                p.label(ok)
             p.op(RET_K, SECCOMP_RET_ALLOW)
             p.label(fail)
         p.op(RET_K, SECCOMP_RET_KILL_PROCESS)
