@@ -297,3 +297,61 @@ def test_jumps_out_of_range_are_refused():
     p.op(0x06, 0)
     with pytest.raises(ValueError):
         p.assemble()
+
+
+def clone_fds(i: int) -> dict:
+    """Clone i's descriptors laid out as serve makes them: nine apart, with a shift now and then
+    (a descriptor the set-up opened in between)."""
+    base = 20 + 9 * i + i // 700
+    return {"vm": base, "vcpu": base + 1, "wake": base + 3, "epoll": base + 4, "tap": base + 6}
+
+
+def pool_needs(clones: int) -> Needs:
+    parts = [interpreter_needs(), serve_loop_needs({3}, {4, 5})]
+    for i in range(clones):
+        fds = clone_fds(i)
+        core = Core()
+        core.wake_fd, core._epoll = fds["wake"], SimpleNamespace(fileno=lambda fd=fds["epoll"]: fd)
+        net = Net()
+        net.devices = {0: SimpleNamespace(fd=fds["tap"])}
+        vm = SimpleNamespace(vcpu=SimpleNamespace(fd=fds["vcpu"]), vmfd=SimpleNamespace(fd=fds["vm"]),
+                             kvm=SimpleNamespace(fd=KVMFD), modules=[core, net])
+        parts += [run_needs(vm), clone_needs(vm)]
+    return Needs.union(parts)
+
+
+def test_a_pool_of_4096_clones_fits_the_kernels_limit():
+    """The filter's size follows the pieces of each fd set (ranges, evenly spaced runs), not the
+    number of clones; still exact: every fd inside the runs by kind, nothing between or beyond."""
+    clones = 4096
+    program = compile_needs(pool_needs(clones))
+    assert len(program) // 8 < 1024                      # the kernel takes 4096
+    assert len(compile_needs(pool_needs(700))) == len(compile_needs(pool_needs(350)))   # no shift: no growth
+    kinds = [clone_fds(i) for i in range(clones)]
+    allowed = {"vcpu": {k["vcpu"] for k in kinds}, "vm": {k["vm"] for k in kinds},
+               "rw": {k["wake"] for k in kinds} | {k["tap"] for k in kinds},
+               "epoll": {k["epoll"] for k in kinds} | {3}}
+    last = clone_fds(clones - 1)["tap"]
+    sample = [*range(0, 400), *range(6280, 6340), *range(last - 400, last + 40), 2**31 - 1, 2**32 - 1]
+    for fd in sample:
+        assert (run_bpf(program, NR["ioctl"], fd, abi.KVM_RUN) == ALLOW) == (fd in allowed["vcpu"]), fd
+        assert (run_bpf(program, NR["ioctl"], fd, abi.KVM_SET_REGS) == ALLOW) == (fd in allowed["vcpu"]), fd
+        assert (run_bpf(program, NR["ioctl"], fd, abi.KVM_GET_DIRTY_LOG) == ALLOW) == (fd in allowed["vm"]), fd
+        assert (run_bpf(program, NR["readv"], fd) == ALLOW) == (fd in allowed["rw"]), fd
+        assert (run_bpf(program, NR["read"], fd) == ALLOW) == (fd in allowed["rw"] | {4, 5}), fd
+        assert (run_bpf(program, NR["write"], fd) == ALLOW) == (fd in allowed["rw"] | {1, 2, 4, 5}), fd
+        assert (run_bpf(program, NR["epoll_wait"], fd) == ALLOW) == (fd in allowed["epoll"]), fd
+    assert run_bpf(program, NR["ioctl"], clone_fds(5)["vcpu"], abi.KVM_GET_DIRTY_LOG) == KILL
+    assert run_bpf(program, NR["ioctl"], clone_fds(5)["vm"], abi.KVM_RUN) == KILL
+
+
+@pytest.mark.parametrize("values", [
+    {5}, {5, 6}, set(range(10, 20)), set(range(10, 200, 7)), set(range(10, 200, 7)) | set(range(12, 200, 7)) | {3},
+    {0, 1, 2, 2**32 - 1, 2**32 - 2}, set(range(100, 2000, 3)) - {400, 1000}, set(range(0, 3000, 2)) | {7, 9},
+])
+def test_value_sets_compile_exactly(values):
+    """Each piece holds its values and nothing else: every value near the set decided alike."""
+    program = compile_needs(Needs().on_fds("read", values))
+    near = {v + d for v in values for d in (-2, -1, 0, 1, 2)} | {0, 2**31, 2**32 - 1}
+    for v in sorted(x & 0xFFFFFFFF for x in near):
+        assert (run_bpf(program, NR["read"], v) == ALLOW) == (v in values), v

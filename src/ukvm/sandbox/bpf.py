@@ -44,7 +44,7 @@ MISC_TAX = 0x07
 RET_K = 0x06
 # A set of values compiles to pieces (pieces()): a run of consecutive values of at least
 # RANGE_MIN costs 3 instructions, an evenly spaced one of at least STRIDED_MIN 9; a single value 1.
-RANGE_MIN, STRIDED_MIN = 3, 10
+RANGE_MIN, STRIDED_MIN, STRIDE_LOOKAHEAD = 3, 10, 8
 OFF_NR, OFF_ARCH = 0, 4
 # Dispatched first, in this order: the calls a serve request makes most (strace -c: per request
 # about 25 ioctl (KVM_RUN), 40 futex, 13 epoll_wait, 12 read, 10 recvfrom, 8 write, 6 sendto).
@@ -110,22 +110,29 @@ def _merge(alternatives: set[tuple]) -> list[tuple]:
 
 
 def pieces(values) -> list[tuple[int, int, int]]:
-    """A sorted set of values as (first, stride, count) pieces: runs of consecutive values (a
-    range: two comparisons), evenly spaced runs (every clone's vCPU fd, 9 apart: a range and a
-    division), and single values. Exact: a piece holds its values and nothing else."""
-    values = sorted(values)
-    out, i = [], 0
-    while i < len(values):
-        j, stride = i, (values[i + 1] - values[i] if i + 1 < len(values) else 1)
-        while j + 1 < len(values) and values[j + 1] - values[j] == stride:
-            j += 1
-        count = j - i + 1
-        if count >= (RANGE_MIN if stride == 1 else STRIDED_MIN):
-            out.append((values[i], stride, count))
-            i = j + 1
-        else:
-            out.append((values[i], 1, 1))
-            i += 1
+    """A set of values as (first, stride, count) pieces: runs of consecutive values (a range: two
+    comparisons), evenly spaced runs (every clone's vCPU fd, 9 apart; the TAP and wake-up fds of
+    every clone, two interleaved runs: a range and a division each), and single values. Greedy
+    from the smallest value left, trying the strides to the next few values left. Exact: a piece
+    holds its values and nothing else."""
+    ordered = sorted(set(values))
+    left = set(ordered)
+    out = []
+    for i, first in enumerate(ordered):
+        if first not in left:
+            continue
+        strides = [v - first for v in ordered[i + 1:i + 1 + STRIDE_LOOKAHEAD] if v in left]
+        best, best_count = 1, 1
+        for stride in strides:
+            count = 1
+            while first + stride * count in left:
+                count += 1
+            if count > best_count:
+                best, best_count = stride, count
+        if best_count < (RANGE_MIN if best == 1 else STRIDED_MIN):
+            best, best_count = 1, 1
+        out.append((first, best, best_count))
+        left.difference_update(first + best * k for k in range(best_count))
     return out
 
 
