@@ -201,3 +201,17 @@ def test_the_boot_to_the_snapshot_is_confined_too(guest):
                 proc.wait(timeout=30)
             ns.close()
     assert proc.returncode == 0
+
+
+def test_a_thousand_clones_are_confined(serve):
+    """Issue 20's density under confinement: the filter's size follows the pieces of the clones'
+    fd sets, not their number (sandbox/bpf.py), so a pool past the old ~480-clone limit starts
+    confined, and requests are answered each by a fresh clone under the filter."""
+    s = serve("--pool=1000", "--mem=8")
+    assert b"1000 clones" in s.output, s.output
+    assert status_of(f"/proc/{s.proc.pid}/status")["Seccomp"] == "2"
+    reply = s.client("conc", "40", "4", "/x/")
+    assert reply["ok"] == 40 and reply["served"] == [1], reply["errors"]
+    code, out = s.stop()
+    assert code == 0, out
+    assert "drained: 40 requests served, 0 clone failures" in out
