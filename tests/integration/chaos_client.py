@@ -34,16 +34,6 @@ def rst(s):
     s.close()
 
 
-def read_all(s) -> bytes:
-    data = bytearray()
-    while len(data) < 1 << 20:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
 def check_response(data: bytes, path: str) -> str:
     """'' when `data` is the right answer to GET path from a fresh instance, else what is wrong."""
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -89,7 +79,7 @@ class Run:
                 s.sendall(request)
             if how == "half_close":
                 s.shutdown(socket.SHUT_WR)
-            problem = check_response(read_all(s), path)
+            problem = check_response(http_client.read_all(s), path)
         except OSError as e:
             problem = f"{how}: {e}"
         finally:
@@ -131,7 +121,7 @@ class Run:
             elif how == "garbage":
                 s.sendall(bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(1, 300))) + b"\r\n\r\n")
                 s.settimeout(TIMEOUT_S)
-                read_all(s)              # any answer or none: only that it ends
+                http_client.read_all(s)              # any answer or none: only that it ends
                 s.close()
         except OSError:
             s.close()                    # the server may reset a misbehaving client: allowed
@@ -178,7 +168,7 @@ def main() -> None:
         run.note(connections=1)
         try:
             s.settimeout(60)
-            read_all(s)                  # EOF (or a reset) when the server's deadline ends it
+            http_client.read_all(s)                  # EOF (or a reset) when the server's deadline ends it
             held.append(True)
         except socket.timeout:
             run.note(error="a silent connection was never ended by the server")

@@ -30,19 +30,25 @@ def expected_body(path: str, served: int) -> bytes:
     return head + filler + b"\n"
 
 
+def read_all(s) -> bytes:
+    """What the server sends until it closes (at most 1 MiB; the socket's timeout bounds the wait)."""
+    data = bytearray()
+    while len(data) < 1 << 20:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
 def get(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     """(status line, body) of GET path; raises OSError/ValueError on anything else."""
     with socket.create_connection((host, port), timeout=TIMEOUT_S) as s:
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
-        data = bytearray()
-        while len(data) < 1 << 20:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, sep, body = bytes(data).partition(b"\r\n\r\n")
+        data = read_all(s)
+    head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
-        raise ValueError(f"no complete response: {bytes(data[:80])!r}")
+        raise ValueError(f"no complete response: {data[:80]!r}")
     m = re.search(rb"Content-Length: (\d+)", head)
     if not m or int(m.group(1)) != len(body):
         raise ValueError("Content-Length does not match the body")
