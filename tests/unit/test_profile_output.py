@@ -43,6 +43,18 @@ def test_folded_and_svg():
     assert abs(widths["leaf"] / widths["g"] - 3) < 0.01
 
 
+def test_hostile_symbol_names_keep_both_files_parseable():
+    """A name from the image with `;`, spaces, a newline or control characters cannot add a
+    stack to the folded file or make the SVG malformed."""
+    s = Symbols([(0x1000, 0x10, "a;b c\n9 main 99\x01<x>&")])
+    name = s.name_of(0x1000)
+    assert name == "a_b_c_9_main_99_<x>&"
+    text = folded({("main", name): 5})
+    assert text == f"main;{name} 5\n"
+    titles = [t.text for t in ET.fromstring(svg({("main", name): 5}, "t")).iter("{http://www.w3.org/2000/svg}title")]
+    assert f"{name} (5 samples, 100.0%)" in titles
+
+
 def test_svg_of_no_samples_is_valid():
     assert ET.fromstring(svg({}, "empty")).tag.endswith("svg")
 

@@ -17,12 +17,16 @@ Elf64_Sym = struct.Struct("<IBBHQQ")
 SHT_SYMTAB = 2
 STT_FUNC = 2
 MAX_TABLE = 64 << 20          # larger symbol or string tables are not read
+UNSAFE = {c: "_" for c in (*range(32), 127, ord(";"), ord(" "))}
 
 
 class Symbols:
     """Sorted function symbols: name_of(addr) is `func` inside one, else `0x...`."""
 
     def __init__(self, funcs: list[tuple[int, int, str]]):
+        # Names come from the image: no `;` or space (they split folded stacks' lines), no
+        # control characters (a newline starts a line; XML refuses the rest in the SVG).
+        funcs = [(addr, size, name.translate(UNSAFE)) for addr, size, name in funcs]
         funcs.sort()
         self.starts = [f[0] for f in funcs]
         self.funcs = funcs
