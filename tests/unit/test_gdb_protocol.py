@@ -67,6 +67,7 @@ def test_registers_memory_and_breakpoints(stub):
     assert len(g) == sum(size for _, size in LAYOUT)
     assert int.from_bytes(g[128:136], "little") == 0x100000          # rip after the 16 GPRs
     assert stub.command(b"p10") == (0x100000).to_bytes(8, "little").hex().encode()
+    assert stub.command(b"p%x" % len(LAYOUT)) == stub.command(b"p-1") == b"E01"   # no such register
     stub.command(b"G" + (bytes(128) + (0x100040).to_bytes(8, "little") + (0x202).to_bytes(4, "little")).hex().encode())
     assert stub.vm.vcpu.regs.rip == 0x100040 and stub.vm.vcpu.regs.rflags == 0x202
     assert stub.command(b"M100000,2:abcd") == b"OK" and stub.command(b"m100000,2") == b"abcd"

@@ -186,7 +186,7 @@ class GdbStub:
                 return b"OK"
             if kind == b"p":
                 n = int(p[1:], 16)
-                return self.register_bytes(n).hex().encode() if n < len(LAYOUT) else b"E01"
+                return self.register_bytes(n).hex().encode() if 0 <= n < len(LAYOUT) else b"E01"
             if kind == b"m":
                 addr, length = (int(x, 16) for x in p[1:].split(b","))
                 data = self.vm.mem.read(addr, min(length, (MAX_PACKET - 4) // 2))
