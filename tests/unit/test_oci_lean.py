@@ -82,6 +82,15 @@ def test_the_launcher_runs_lean(tmp_path):
     assert p.returncode == 0 and json.loads(p.stdout)["ociVersionMax"], p.stderr
 
 
+def test_a_launcher_path_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path):
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    p = subprocess.run([sys.executable, "-m", "ukvm", "oci", "launcher", str(target)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr == f"ukvm oci: {target}: Is a directory\n", p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a-directory"] and not os.listdir(target)
+
+
 @pytest.mark.parametrize("text", [
     ' {"a": [1, 2.5, -3e2, "x\\u00e9\\n", {"b" : null}] , "c":true, "d": false}\n', "[]", '"s"', "12",
     '{"n": NaN, "i": -Infinity}', '{"a": 1} x', '{"a" 1}', "", "[1,]", '{"a": "\x01"}'])

@@ -24,7 +24,14 @@ def write_launcher(path: str) -> None:
     import ukvm
     src = os.path.dirname(os.path.dirname(os.path.abspath(ukvm.__file__)))
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(TEMPLATE.format(python=os.path.realpath(sys.executable), src=src))
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(TEMPLATE.format(python=os.path.realpath(sys.executable), src=src))
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)               # PATH a directory, say: leave nothing beside it
+        except OSError:
+            pass
+        raise
