@@ -14,6 +14,9 @@ with `ukvm build`; the floors come from bench/floor.c (built here with gcc), the
 itself, pread/pwrite, and a Linux peer across a veth pair. Needs root and /dev/kvm; net needs
 iproute2 and iputils-ping. Figures are medians. Which part of a figure is guest-side (CPL0 code,
 emulated on kvm_pvm) and which is the tender's is measured in-process by timing KVM_RUN.
+
+Over 400 lines: one script, so that every section is compared with floors measured in the same
+invocation and shares the helpers below; each section is one bench_* function.
 """
 import argparse
 import json
