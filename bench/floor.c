@@ -18,7 +18,7 @@
  *   floor rss CMD ARGS...     run CMD and print its peak RSS in KiB (a small parent, so the
  *                             figure is not inflated by a large parent's pre-exec memory)
  * Written for the benchmarks only; it is not part of the product. Over 400 lines: one program,
- * one subcommand per floor, sharing the VM set-up.
+ * one subcommand per floor, sharing its clock and error helpers.
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
