@@ -133,7 +133,9 @@ def main() -> int:
                     name = f"del{kind}{i}"
                     c.apply(t.deployment(name, image, kind == "ukvm", 2))
                     t.ready_pods(c, name, 2)
-                    deletes[kind].append(t.delete_and_wait(c, "deployment", name, f"app={name}"))
+                    start = time.monotonic()
+                    t.delete_and_wait(c, "deployment", name, f"app={name}")
+                    deletes[kind].append(time.monotonic() - start)
             row("Deployment of 2 deleted -> pods gone", statistics.median(deletes["ukvm"]), "s",
                 statistics.median(deletes["runc"]), "runc pods", f"ukvm all {[round(x, 1) for x in deletes['ukvm']]}")
             serve_rows(c, t, row, 300 if args.quick else 1000, wait_for)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from ukvm.errors import UsageError
-from ukvm.serve.config import ServeConfig, parse_routes, route_clash
+from ukvm.serve.config import ServeConfig, local_addresses, parse_routes, route_clash
 
 BASE = ["--listen=127.0.0.1:8080", "--guest=10.0.0.2:80"]
 
@@ -102,3 +102,26 @@ def test_a_free_network_is_accepted_and_the_default_route_is_no_clash():
     c = config("--host-ip=10.1.0.1/24", "--guest=10.1.0.2:80")
     assert route_clash(c, parse_routes(ROUTES)) is None
     assert route_clash(config(), []) is None
+
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     +-- 192.0.2.0/24 2 0 2
+           |-- 192.0.2.0
+              /24 link UNICAST
+           |-- 192.0.2.2
+              /32 host LOCAL
+"""
+
+
+def test_local_addresses_are_the_host_leaves_of_the_fib_trie():
+    assert local_addresses(FIB_TRIE) == {"127.0.0.1", "192.0.2.2"}
+    assert local_addresses("") == set()          # a namespace with lo down has none

@@ -26,7 +26,7 @@ def parse(text: str, what: str = UKVM_SERVE) -> dict[str, int]:
     opts = dict(OPTIONS)
     for item in filter(None, text.split(",")):
         name, eq, value = item.partition("=")
-        if not eq or name not in OPTIONS or not value.isdigit():
+        if not eq or name not in OPTIONS or not (value.isascii() and value.isdigit()):
             raise UsageError(f"{what}: bad option {item!r}", show_usage=False)
         opts[name] = int(value)
     if opts["guest-port"] is None:

@@ -176,6 +176,19 @@ def parse_routes(text: str) -> list[tuple[str, ipaddress.IPv4Network]]:
     return routes
 
 
+def local_addresses(fib_trie: str) -> set[str]:
+    """The host's own IPv4 addresses from /proc/net/fib_trie: each `|-- ADDR` leaf followed by a
+    `/32 host LOCAL` line. (A bind() probe is no test: with lo down any address binds.)"""
+    found, leaf = set(), None
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|-- "):
+            leaf = text[4:]
+        elif leaf and text.startswith("/32 host LOCAL"):
+            found.add(leaf)
+    return found
+
+
 def route_clash(config: ServeConfig, routes: list[tuple[str, ipaddress.IPv4Network]]) -> str | None:
     """The one-line reason why the TAP's network would clash with a route the host already has
     (the default route aside: every network overlaps it), or None."""

@@ -24,7 +24,7 @@ from ukvm.machine.vm import VM, Kernel
 from ukvm.modules import default_modules
 from ukvm.modules.net import NetModule
 from ukvm.modules.net.backend import frame_pipe
-from ukvm.serve.config import ServeConfig, parse_routes, route_clash
+from ukvm.serve.config import ServeConfig, local_addresses, parse_routes, route_clash
 from ukvm.serve.loop import EventLoop
 from ukvm.serve.pool import Clone
 from ukvm.serve.relay import READ, Connection
@@ -162,15 +162,14 @@ class Server(EventLoop):
         except OSError:
             clash = None
         if clash is None:
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                probe.bind((str(self.host_ip), 0))
+                with open("/proc/net/fib_trie") as f:
+                    ours = local_addresses(f.read())
+            except OSError:
+                ours = set()
+            if str(self.host_ip) in ours:
                 clash = (f"--host-ip {self.host_ip} is already an address of this host: choose a free network "
                          f"with --host-ip=IP/PREFIX and --guest=IP:PORT in it")
-            except OSError:
-                pass                     # EADDRNOTAVAIL: not ours, as it should be
-            finally:
-                probe.close()
         if clash:
             raise ServeError(clash)
 
