@@ -1,4 +1,5 @@
 """ELF loader: header checks, note lookup and segment loading on valid and corrupt images."""
+import os
 import struct
 
 import pytest
@@ -68,6 +69,15 @@ def test_truncated_program_headers(write):
 def test_missing_file(tmp_path):
     with pytest.raises(ElfError, match="Could not open: No such file or directory"):
         ElfFile(str(tmp_path / "nope"))
+
+
+def test_a_fifo_or_a_directory_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "fifo.hvt"
+    os.mkfifo(fifo)                         # nobody writes it: a blocking open would never return
+    for path in (fifo, tmp_path):
+        with pytest.raises(ElfError) as e:
+            ElfFile(str(path))
+        assert str(e.value) == f"{path}: Could not open: not a regular file"
 
 
 @pytest.mark.parametrize("notes,message", [

@@ -4,6 +4,7 @@ Follows hvt-abi.md section 3: the same checks, in the same order, with the same 
 Everything read from the file is untrusted; only ElfError leaves this module.
 """
 import os
+import stat
 import struct
 
 from ukvm.errors import ElfError
@@ -53,9 +54,13 @@ class ElfFile:
     def __init__(self, path: str):
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO given as the kernel must not hang the open (regular files ignore it).
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             raise ElfError(f"{path}: Could not open: {os.strerror(e.errno)}") from None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise ElfError(f"{path}: Could not open: not a regular file")
         try:
             self._read_headers()
         except BaseException:
