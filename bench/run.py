@@ -677,18 +677,18 @@ def _serve_figures(ns, image, n, conc, pool=4, port=80, guest_args=(), mirage=Fa
     return seq, par, {"reset_p50": int(m.group(1)), "reset_p99": int(m.group(2)), "clone_kib": int(m.group(3))}
 
 
-def _density(ns, image, clones, mem) -> dict:
+def _density(ns, image, clones, mem, confined=True) -> dict:
     """`ukvm serve --pool=CLONES`: seconds from the snapshot to every clone parked (the
     "listening" line comes after the last clone's thread started) and the host memory they
-    took (MemAvailable before the start against after, the serve process's RSS). Unconfined:
-    serve's seccomp filter grows with the clones' descriptors and the kernel takes at most 4,096
-    instructions (~480 clones)."""
+    took (MemAvailable before the start against after, the serve process's RSS). Confined (the
+    filter's size follows the pieces of the clones' fd sets, not their number: docs/security.md),
+    or with --x-no-sandbox for the baseline."""
     def available_kib():
         with open("/proc/meminfo") as f:
             return int(re.search(r"MemAvailable:\s+(\d+)", f.read()).group(1))
     before = available_kib()
-    proc = ns.popen(sys.executable, "-m", "ukvm", "serve", f"--pool={clones}", f"--mem={mem}", "--x-no-sandbox",
-                    "--listen=127.0.0.1:80", f"--host-ip={SERVE_NET[0]}", f"--guest={SERVE_NET[1]}:80", "--", image,
+    proc = ns.popen(sys.executable, "-m", "ukvm", "serve", f"--pool={clones}", f"--mem={mem}",
+                    *([] if confined else ["--x-no-sandbox"]), "--listen=127.0.0.1:80", f"--host-ip={SERVE_NET[0]}", f"--guest={SERVE_NET[1]}:80", "--", image,
                     f"--ipv4={SERVE_NET[1]}/24", f"--ipv4-gateway={SERVE_NET[0].split('/')[0]}")
     out, snapped = b"", None
     try:
@@ -722,6 +722,16 @@ def _fresh_against_long(ns, images: dict, n, conc, rounds) -> dict:
                 for q, v in figures.items():
                     got.setdefault((name, kind, q), []).append(v)
     return {key: statistics.median(v) for key, v in got.items()}
+
+
+def density_rows(density: dict, density_open: dict) -> None:
+    """Issue 20's density, confined, against the same pool with --x-no-sandbox."""
+    per_gib = {k: 1000 * (1 << 20) / max(d["kib"], 1) for k, d in (("confined", density), ("open", density_open))}
+    row("serve", "time to 1,000 parked clones, confined", density["seconds"], "s", density_open["seconds"],
+        "--x-no-sandbox", note=f"--mem=16; then p50 {density['p50']:.1f} ms")
+    row("serve", "parked clones per GiB of host memory, confined", per_gib["confined"], "/GiB", per_gib["open"],
+        "--x-no-sandbox", note=f"MemAvailable fell {density['kib'] >> 10} MiB for 1,000 (serve's RSS "
+                               f"{density['rss_kib'] >> 10} MiB)")
 
 
 def bench_serve(work, quick):
@@ -763,6 +773,7 @@ def bench_serve(work, quick):
         rounds = 2 if quick else 3
         ab = _fresh_against_long(ns, images, n // 3, conc, rounds)
         density = _density(ns, image, 1000, 16)
+        density_open = _density(ns, image, 1000, 16, confined=False)
         mirage = None
         if MIRAGE_HTTP.exists():         # the same MirageOS unikernel long-running
             m_long, _ = _long_running(ns, [LAUNCHER, "--mem=64"], MIRAGE_HTTP, n, None, nic="service", port=8080,
@@ -799,10 +810,7 @@ def bench_serve(work, quick):
             ab[(name, "long", "rps")], "same image long-running", f"target >= 0.5x; {note}")
         row("serve", f"{name}, fresh clone, {conc} at once", ab[(name, "fresh_conc", "rps")], "req/s",
             ab[(name, "long_conc", "rps")], "same image long-running", f"target >= 0.5x; {note}")
-    row("serve", "time to 1,000 parked clones", density["seconds"], "s", None, "",
-        note=f"--mem=16, unconfined; then p50 {density['p50']:.1f} ms")
-    row("serve", "parked clones per GiB of host memory", 1000 * (1 << 20) / max(density["kib"], 1), "/GiB", None, "",
-        note=f"MemAvailable fell {density['kib'] >> 10} MiB for 1,000 (serve's RSS {density['rss_kib'] >> 10} MiB)")
+    density_rows(density, density_open)
     if mirage is None:
         print(f"serve     MirageOS figures skipped: {MIRAGE_HTTP} is absent", flush=True)
         return
