@@ -102,9 +102,12 @@ class Needs:
 
     @staticmethod
     def union(parts) -> Needs:
+        """One Needs of many (a serve pool's thousands of parts): gathered in place, not by |."""
         out = Needs()
         for part in parts:
-            out = out | part
+            for name, alternatives in part.rules.items():
+                out.rules.setdefault(name, set()).update(alternatives)
+            out.errors.update(part.errors)
         return out
 
 
