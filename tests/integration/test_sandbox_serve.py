@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import needs_kvm, read_until
-from test_serve import Served, httpd, metric  # noqa: F401  (httpd: the session fixture)
+from test_serve import httpd, metric, served  # noqa: F401  (httpd, served: fixtures)
 
 pytestmark = [needs_kvm, pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TAPs need root")]
 
@@ -27,21 +27,8 @@ def user_threads(pid: int) -> list[dict]:
     return [t for t in threads if not t["Name"].startswith("kvm-")]
 
 
-@pytest.fixture
-def serve(httpd):  # noqa: F811
-    servers = []
-
-    def start(*options):
-        s = Served(httpd, *options)
-        servers.append(s)
-        return s
-    yield start
-    for s in servers:
-        s.close()
-
-
-def test_every_thread_is_confined_while_serving(serve):
-    s = serve("--pool=3")
+def test_every_thread_is_confined_while_serving(served):
+    s = served("--pool=3")
     first = s.client("seq", "20", "/a/")                    # the clones' threads have all run
     assert first["ok"] == 20 and first["served"] == [1], first["errors"]
     pid = s.proc.pid
@@ -71,8 +58,8 @@ def test_every_thread_is_confined_while_serving(serve):
     assert "drained: 80 requests served, 0 clone failures" in out
 
 
-def test_user_option(serve):
-    s = serve("--pool=1", "--user=daemon")
+def test_user_option(served):
+    s = served("--pool=1", "--user=daemon")
     assert s.client("seq", "2", "/")["ok"] == 2
     main = status_of(f"/proc/{s.proc.pid}/status")
     assert main["Uid"].split()[0] == "1" and main["Seccomp"] == "2"      # Debian's daemon
@@ -80,8 +67,8 @@ def test_user_option(serve):
     assert code == 0, out
 
 
-def test_no_sandbox_switch_says_so(serve):
-    s = serve("--pool=1", "--x-no-sandbox")
+def test_no_sandbox_switch_says_so(served):
+    s = served("--pool=1", "--x-no-sandbox")
     assert s.client("seq", "3", "/")["ok"] == 3
     main = status_of(f"/proc/{s.proc.pid}/status")
     assert main["Seccomp"] == "0" and main["Uid"].split()[0] == "0"
@@ -132,36 +119,33 @@ print(json.dumps({"benign": benign, "attacks": attacks}))
 """
 
 
-def test_hostile_guests_end_only_their_own_connection(guest):
+def test_hostile_guests_end_only_their_own_connection(guest, served):
     image = guest("test_serve_hostile", HOSTILE_MANIFEST, cpl0=False)
-    s = Served(image, "--pool=3", "--deadline=3")
-    try:
-        attacks = HYPERCALL_ATTACKS + ["loop"] + NET_ATTACKS
-        p = s.ns.run(sys.executable, "-c", HOSTILE_CLIENT, *attacks, timeout=300)
-        assert p.returncode == 0, p.stdout
-        res = json.loads(p.stdout)
-        for name, answer in res["attacks"].items():
-            assert "200 OK" not in answer, (name, answer)          # the attacker's connection ended
-        assert len(res["benign"]) >= 10
-        for answer in res["benign"]:                                # everyone else: answered, fresh clone
-            assert answer.startswith("HTTP/1.0 200 OK") and answer.endswith("served 1\n"), answer
-        m = s.settled_metrics()
-        failures = {cause: metric(m, "ukvm_clone_failures_total", cause=cause) for cause in ("fault", "exit", "timeout")}
-        assert sum(failures.values()) == len(attacks), failures
-        # The hypercall attacks fault; the spinner meets its deadline; the net attackers exit
-        # (or, on a loaded machine, a flood of 20000 exits can meet the deadline first).
-        assert failures["fault"] == len(HYPERCALL_ATTACKS) and failures["timeout"] >= 1, failures
-        assert metric(m, "ukvm_requests_total", outcome="ok") == len(res["benign"])
-        from_clones = sum(v for (name, labels), v in m.items()
-                          if name == "ukvm_switch_dropped_frames_total" and ("source", "clone") in labels)
-        assert from_clones >= 400 + 50, m                          # spoofed and ARP frames, refused
-        main = status_of(f"/proc/{s.proc.pid}/status")
-        assert main["Seccomp"] == "2" and main["Uid"].split()[0] != "0"
-        code, out = s.stop()
-        assert code == 0, out
-        assert f"{len(res['benign'])} requests served, {len(attacks)} clone failures" in out, out
-    finally:
-        s.close()
+    s = served("--pool=3", "--deadline=3", image=image)
+    attacks = HYPERCALL_ATTACKS + ["loop"] + NET_ATTACKS
+    p = s.ns.run(sys.executable, "-c", HOSTILE_CLIENT, *attacks, timeout=300)
+    assert p.returncode == 0, p.stdout
+    res = json.loads(p.stdout)
+    for name, answer in res["attacks"].items():
+        assert "200 OK" not in answer, (name, answer)          # the attacker's connection ended
+    assert len(res["benign"]) >= 10
+    for answer in res["benign"]:                                # everyone else: answered, fresh clone
+        assert answer.startswith("HTTP/1.0 200 OK") and answer.endswith("served 1\n"), answer
+    m = s.settled_metrics()
+    failures = {cause: metric(m, "ukvm_clone_failures_total", cause=cause) for cause in ("fault", "exit", "timeout")}
+    assert sum(failures.values()) == len(attacks), failures
+    # The hypercall attacks fault; the spinner meets its deadline; the net attackers exit
+    # (or, on a loaded machine, a flood of 20000 exits can meet the deadline first).
+    assert failures["fault"] == len(HYPERCALL_ATTACKS) and failures["timeout"] >= 1, failures
+    assert metric(m, "ukvm_requests_total", outcome="ok") == len(res["benign"])
+    from_clones = sum(v for (name, labels), v in m.items()
+                      if name == "ukvm_switch_dropped_frames_total" and ("source", "clone") in labels)
+    assert from_clones >= 400 + 50, m                          # spoofed and ARP frames, refused
+    main = status_of(f"/proc/{s.proc.pid}/status")
+    assert main["Seccomp"] == "2" and main["Uid"].split()[0] != "0"
+    code, out = s.stop()
+    assert code == 0, out
+    assert f"{len(res['benign'])} requests served, {len(attacks)} clone failures" in out, out
 
 
 def test_the_boot_to_the_snapshot_is_confined_too(guest):
@@ -203,11 +187,11 @@ def test_the_boot_to_the_snapshot_is_confined_too(guest):
     assert proc.returncode == 0
 
 
-def test_a_thousand_clones_are_confined(serve):
+def test_a_thousand_clones_are_confined(served):
     """Issue 20's density under confinement: the filter's size follows the pieces of the clones'
     fd sets, not their number (sandbox/bpf.py), so a pool past the old ~480-clone limit starts
     confined, and requests are answered each by a fresh clone under the filter."""
-    s = serve("--pool=1000", "--mem=8")
+    s = served("--pool=1000", "--mem=8")
     assert b"1000 clones" in s.output, s.output
     assert status_of(f"/proc/{s.proc.pid}/status")["Seccomp"] == "2"
     reply = s.client("conc", "40", "4", "/x/")
