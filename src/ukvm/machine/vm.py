@@ -213,6 +213,11 @@ class VM:
                         self.guest_cpl, self.supervised, self.manifest_payload,
                         {m.name: m.snapshot_state() for m in self.modules}, self.kernel_path)
 
+    @property
+    def stop_requested(self) -> bool:
+        """request_stop() was called and this run has not ended yet (core's POLL asks)."""
+        return self._stop_requested
+
     def request_stop(self) -> None:
         """Make run() return None at the next exit, from any thread; a guest waiting in POLL is
         woken, a spinning one stopped."""

@@ -29,7 +29,7 @@ class CoreModule(Module):
 
     def setup(self, vm: VM) -> None:
         self.mem = vm.mem
-        self.stopping = lambda: vm._stop_requested    # is a wake-up a stop of this run?
+        self.vm = vm                                   # its stop_requested: is a wake-up a stop of this run?
         vm.hypercalls.register(hvt.HVT_HYPERCALL_WALLTIME, self.hvt_hc_walltime)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_PUTS, self.hvt_hc_puts)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_POLL, self.hvt_hc_poll)
@@ -79,7 +79,7 @@ class CoreModule(Module):
         else:
             events = self._epoll.poll(min(timeout_ns / 1e9, MAX_SLEEP_S))
             while True:
-                if events and self.wake_fd >= 0 and any(fd == self.wake_fd for fd, _ in events) and not self.stopping():
+                if events and self.wake_fd >= 0 and any(fd == self.wake_fd for fd, _ in events) and not self.vm.stop_requested:
                     self._drop_wake()             # a wake-up that came after its stop: stale
                     events = [e for e in events if e[0] != self.wake_fd]
                 if events or not self.parked:     # parked: waiting for its connection (serve.py)
