@@ -180,3 +180,14 @@ def test_signal_table_matches_the_host():
     for name, number in SIGNALS.items():
         if hasattr(signal, "SIG" + name):
             assert getattr(signal, "SIG" + name) == number, name
+
+
+@pytest.mark.parametrize("spec", [
+    [], {"annotations": ["x"]}, {"annotations": {ANNOTATION + "binary": 5}}, {"root": "rootfs"},
+    {"root": {"path": 1}}, {"linux": ["x"]}, {"linux": {"resources": 1}}, {"linux": {"namespaces": ["pid"]}}])
+def test_config_json_of_the_wrong_types_is_one_line(spec, tmp_path):
+    from ukvm.oci.runtime import cmd_create
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    with pytest.raises(OciError, match="^config.json: "):
+        cmd_create(str(tmp_path / "state"), "c1", str(tmp_path), None, None, False, None, [])
+    assert not (tmp_path / "state").exists()

@@ -20,8 +20,8 @@ import sys
 import time
 
 from ukvm.errors import UkvmError
-from ukvm.oci.state import (DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, freezer_file, frozen,
-                            is_sandbox, json_text, parse_json)
+from ukvm.oci.state import (DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, check_spec, freezer_file,
+                            frozen, is_sandbox, json_text, parse_json)
 
 RUNC_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
 EXEC_REFUSAL = ("exec: a unikernel container has no processes or shell to run a command in; use httpGet or "
@@ -209,6 +209,7 @@ def cmd_create(root: str, cid: str, bundle: str, pid_file: str | None, console_s
             spec = parse_json(f.read())
     except (OSError, ValueError) as e:
         raise OciError(f"{bundle}/config.json: {e}") from None
+    check_spec(spec)
     if is_sandbox(spec):
         return _runc(argv)
     rootfs = (spec.get("root") or {}).get("path", "rootfs")

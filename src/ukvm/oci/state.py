@@ -26,6 +26,27 @@ class OciError(UkvmError):
     pass
 
 
+def check_spec(spec) -> dict:
+    """The bundle's config.json, in the shapes ukvm-oci reads it in (the OCI spec's types), so that
+    a hand-made or hostile bundle is refused in one line, not by a traceback further on."""
+    if not isinstance(spec, dict):
+        raise OciError("config.json: not a JSON object")
+    for name in ("annotations", "root", "linux", "process"):
+        if not isinstance(spec.get(name) or {}, dict):
+            raise OciError(f"config.json: {name} is not a JSON object")
+    annotations = spec.get("annotations") or {}
+    if not all(isinstance(v, str) for v in annotations.values()):
+        raise OciError("config.json: an annotation's value is not a string")
+    if not isinstance((spec.get("root") or {}).get("path", ""), str):
+        raise OciError("config.json: root.path is not a string")
+    linux = spec.get("linux") or {}
+    namespaces = linux.get("namespaces") or []
+    if not isinstance(linux.get("resources") or {}, dict) or not isinstance(linux.get("cgroupsPath") or "", str) \
+            or not isinstance(namespaces, list) or not all(isinstance(ns, dict) for ns in namespaces):
+        raise OciError("config.json: linux.resources, cgroupsPath or namespaces is not of the spec's type")
+    return spec
+
+
 def is_sandbox(spec: dict) -> bool:
     """A CRI sandbox (the pod's pause container, which may carry the pod's unikernel annotations)."""
     return (spec.get("annotations") or {}).get(CRI_CONTAINER_TYPE) == "sandbox"
