@@ -191,3 +191,28 @@ def test_config_json_of_the_wrong_types_is_one_line(spec, tmp_path):
     with pytest.raises(OciError, match="^config.json: "):
         cmd_create(str(tmp_path / "state"), "c1", str(tmp_path), None, None, False, None, [])
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("serve, message", [
+    ("guest-port=80,pool=0", "pool must be at least 1"),
+    ("guest-port=80", "declares no network device")])
+def test_a_serve_image_is_refused_before_the_host_is_touched(guest, tmp_path, serve, message):
+    """com.ukvm.serve refused in create, not in the container's process; and never for a
+    unikernel without a NIC (serve would listen in the runtime's own network namespace)."""
+    import shutil
+    from ukvm.oci.create import create
+    from ukvm.errors import UkvmError
+    from ukvm.oci.state import Container
+    app = guest("test_blk", '{"type": "solo5.manifest", "version": 1, '
+                            '"devices": [{"name": "storage", "type": "BLOCK_BASIC"}]}', cpl0=False)
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "unikernel").mkdir(parents=True)
+    shutil.copy(app, rootfs / "unikernel" / "app.hvt")
+    c = Container(str(tmp_path / "state"), "c1")
+    fd = open_root(str(rootfs))
+    try:
+        with pytest.raises(UkvmError, match=message):       # ukvm-oci's one line
+            create(c, {}, str(tmp_path), str(rootfs), fd, {**KEYS, "com.ukvm.serve": serve}, None, None, False)
+    finally:
+        os.close(fd)
+    assert not os.path.exists(c.dir)

@@ -14,7 +14,7 @@ import sys
 
 from ukvm.oci import cgroups, network
 from ukvm.oci.safeopen import open_root
-from ukvm.oci.serve_pod import UKVM_SERVE, serve_argv
+from ukvm.oci.serve_pod import UKVM_SERVE, parse, serve_argv
 from ukvm.oci.state import Container, OciError, start_time, utc_now
 from ukvm.oci.unikernel import Unikernel, guest_mem_mib
 
@@ -33,6 +33,10 @@ def create(c: Container, spec: dict, bundle: str, rootfs: str, root_fd: int, key
     # Every refusal comes here, before anything on the host is made or touched.
     mem = guest_mem_mib(spec)
     unikernel = Unikernel(keys, root_fd)               # the image's files, checked and held by fd
+    if UKVM_SERVE in keys:
+        parse(keys[UKVM_SERVE])                        # refused here, not in the container's process
+        if not unikernel.nics:                         # else serve would listen in the runtime's netns
+            raise OciError(f"{UKVM_SERVE}: the unikernel declares no network device to serve with")
     if unikernel.nics:
         network.check_own_netns(spec)
     linux = spec.get("linux") or {}
