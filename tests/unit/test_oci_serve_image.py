@@ -57,3 +57,10 @@ def test_build_usage_errors_are_one_line(tmp_path, args, message):
     p = subprocess.run([sys.executable, "-m", "ukvm", "oci", "build", tmp_path / "x.hvt", "-o", tmp_path / "o.tar",
                         *args], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("text", ["guest-port=" + "9" * 5000, "guest-port=80,pool=99999999999", "guest-port=٨٠"])
+def test_a_hostile_images_numbers_are_one_line(text):
+    """Digits past int()'s limit, a pool no build makes, non-ASCII digits: UsageError, not ValueError."""
+    with pytest.raises(UsageError, match="bad option|pool must be"):
+        serve_pod.parse(text)

@@ -18,6 +18,7 @@ import tarfile
 import time
 
 from ukvm.errors import UkvmError, UsageError
+from ukvm.oci import serve_pod
 from ukvm.options import Option, OptionTable, anything, integer, name_and_path, text
 
 ANNOTATION = "com.urunc.unikernel."
@@ -187,7 +188,7 @@ BUILD_OPTIONS = OptionTable([
     Option("guest-port", "--serve: the port the unikernel listens on", integer(1, 65535), metavar="PORT"),
     Option("port", "--serve: the pod's port (default: the guest's)", integer(1, 65535), metavar="PORT"),
     Option("metrics-port", "--serve: Prometheus metrics (default 9100)", integer(1, 65535), metavar="PORT"),
-    Option("pool", "--serve: clones serving at once (default 2)", integer(1, 1024), metavar="N"),
+    Option("pool", "--serve: clones serving at once (default 2)", integer(1, serve_pod.MAX_POOL), metavar="N"),
 ], style="gnu")
 SERVE_OPTIONS = ("guest-port", "port", "metrics-port", "pool")
 OCI_USAGE = ("usage: ukvm oci build APP.hvt -o IMAGE.tar [--tag NAME[:TAG]] [--cmdline \"ARGS\"] [--block NAME=FILE]...\n"

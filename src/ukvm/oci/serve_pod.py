@@ -17,6 +17,7 @@ from __future__ import annotations
 UKVM_SERVE = "com.ukvm.serve"
 GUEST_NET = "169.254.77"
 OPTIONS = {"guest-port": None, "port": None, "metrics-port": 9100, "pool": 2}
+MAX_POOL = 1024                     # `ukvm oci build --pool`'s limit
 
 
 def parse(text: str, what: str = UKVM_SERVE) -> dict[str, int]:
@@ -26,7 +27,7 @@ def parse(text: str, what: str = UKVM_SERVE) -> dict[str, int]:
     opts = dict(OPTIONS)
     for item in filter(None, text.split(",")):
         name, eq, value = item.partition("=")
-        if not eq or name not in OPTIONS or not (value.isascii() and value.isdigit()):
+        if not eq or name not in OPTIONS or not (value.isascii() and value.isdigit() and len(value) <= 6):
             raise UsageError(f"{what}: bad option {item!r}", show_usage=False)
         opts[name] = int(value)
     if opts["guest-port"] is None:
@@ -36,8 +37,8 @@ def parse(text: str, what: str = UKVM_SERVE) -> dict[str, int]:
     for name in ("guest-port", "port", "metrics-port"):
         if not 0 < opts[name] < 65536:
             raise UsageError(f"{what}: {name}={opts[name]} is not a port", show_usage=False)
-    if opts["pool"] < 1 or opts["port"] == opts["metrics-port"]:
-        raise UsageError(f"{what}: pool must be at least 1 and the ports must differ", show_usage=False)
+    if not 1 <= opts["pool"] <= MAX_POOL or opts["port"] == opts["metrics-port"]:
+        raise UsageError(f"{what}: pool must be at least 1 (at most {MAX_POOL}) and the ports must differ", show_usage=False)
     return opts
 
 
