@@ -33,7 +33,8 @@ def test_field_offsets(ctype, field, offset):
     ("KVM_CREATE_VCPU", 0xAE41), ("KVM_SET_USER_MEMORY_REGION", 0x4020AE46),
     ("KVM_IOEVENTFD", 0x4040AE79), ("KVM_RUN", 0xAE80), ("KVM_GET_REGS", 0x8090AE81),
     ("KVM_SET_REGS", 0x4090AE82), ("KVM_GET_SREGS", 0x8138AE83), ("KVM_SET_SREGS", 0x4138AE84),
-    ("KVM_GET_FPU", 0x81A0AE8C), ("KVM_SET_CPUID2", 0x4008AE90), ("KVM_GET_TSC_KHZ", 0xAEA3)])
+    ("KVM_GET_FPU", 0x81A0AE8C), ("KVM_SET_CPUID2", 0x4008AE90), ("KVM_GET_TSC_KHZ", 0xAEA3),
+    ("KVM_SET_SIGNAL_MASK", 0x4004AE8B)])
 def test_ioctl_numbers(name, number):
     assert getattr(abi, name) == number
 

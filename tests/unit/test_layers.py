@@ -15,7 +15,7 @@ ALLOWED = {
     "kvm": set(),
     "machine": {"kvm", "modules", "sandbox.needs"},
     "modules": {"kvm", "machine.memory", "machine.manifest", "machine.vcpu", "machine.supervisor",
-                "sandbox.needs"},
+                "machine.signals", "sandbox.needs"},
     "sandbox": {"kvm", "machine.snapshot"},
     "toolchain": {"machine.manifest", "machine.elf", "machine.supervisor"},
     "serve": {"machine", "modules", "sandbox"},

@@ -14,6 +14,7 @@ import sys
 from ukvm import __version__
 from ukvm import hvt_abi as hvt
 from ukvm.errors import SignalExit, UkvmError, UsageError
+from ukvm.machine import signals
 from ukvm.machine.vm import VM, Kernel
 from ukvm.modules import module_classes, modules_for
 from ukvm.options import GUEST_CPL, MEM, Option, OptionTable, choice, text
@@ -190,6 +191,7 @@ def _boot_and_run(argv: list[str], kernel_at: int, restore: str | None, kernel, 
     values = parse_options(options, modules)
     signal.signal(signal.SIGINT, _signal_exit)
     signal.signal(signal.SIGTERM, _signal_exit)
+    signals.end_runs_on((signal.SIGINT, signal.SIGTERM))     # before any thread starts
     if restore is not None:
         vm = VM.from_snapshot(kernel, modules, warn=warn)
     else:

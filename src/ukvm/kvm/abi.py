@@ -174,6 +174,7 @@ KVM_GET_XSAVE = _IOR(0xA4, kvm_xsave)
 KVM_SET_XSAVE = _IOW(0xA5, kvm_xsave)
 KVM_GET_XCRS = _IOR(0xA6, kvm_xcrs)
 KVM_SET_GUEST_DEBUG = _IOW(0x9B, kvm_guest_debug)
+KVM_SET_SIGNAL_MASK = _IOC(_IOC_WRITE, 0x8B, 4)   # struct kvm_signal_mask: __u32 len; then the sigset
 KVM_GUESTDBG_ENABLE = 0x1
 KVM_GUESTDBG_SINGLESTEP = 0x2
 KVM_GUESTDBG_USE_HW_BP = 0x20000

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import mmap
 import os
+import struct
 
 from ukvm.errors import KvmError
 from ukvm.kvm import abi
@@ -180,6 +181,10 @@ class VcpuFd:
         dbg = abi.kvm_guest_debug(control=control)
         dbg.debugreg[:] = list(debugreg)
         _ioctl(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, "SET_GUEST_DEBUG")
+
+    def set_signal_mask(self, blocked: int) -> None:
+        """The signals blocked while this vCPU is inside KVM_RUN (bit n-1 for signal n)."""
+        _ioctl(self.fd, abi.KVM_SET_SIGNAL_MASK, struct.pack("<IQ", 8, blocked), "SET_SIGNAL_MASK")
 
     def set_cpuid2(self, cpuid) -> None:
         _ioctl(self.fd, abi.KVM_SET_CPUID2, cpuid, "SET_CPUID2")

@@ -21,6 +21,7 @@ from ukvm.errors import ElfError, KvmError, UkvmError, UsageError
 from ukvm.machine.exits import HypercallTable, handle_exit, translation_fault
 from ukvm.kvm import abi
 from ukvm.kvm.ioctls import Kvm
+from ukvm.machine import signals
 from ukvm.machine.manifest import Manifest, type_name
 from ukvm.machine.memory import GuestMemory
 from ukvm.modules import Module, default_modules
@@ -145,6 +146,7 @@ class VM:
                 raise KvmError("KVM: host does not support KVM_CAP_GET_TSC_KHZ")
             self.vmfd = self.kvm.create_vm()
             self.vcpu = self.vmfd.create_vcpu(self.kvm)
+            signals.unblock_in_run(self.vcpu)
             self._build()
             self._check_attached()
         except BaseException:
@@ -312,6 +314,7 @@ class VM:
             if ioctl(fd, kvm_run, 0) < 0:
                 err = get_errno()
                 if err == errno.EINTR:
+                    signals.deliver()          # SIGINT/SIGTERM in `ukvm run`: its handler raises
                     if self._thread_error is not None:
                         raise self._thread_error from None
                     if self._stop_requested:

@@ -10,7 +10,8 @@ Annotations name `VM` (ukvm.machine.vm.VM) without importing it: ukvm.machine.vm
 modules, and the tender imports only what a run needs (docs/performance.md).
 
 May import: ukvm.errors, ukvm.hvt_abi, ukvm.options, ukvm.kvm, ukvm.machine (memory, manifest,
-vcpu; supervisor for its frame, state and code range: gdb, trace, dumpcore, profile),
+vcpu; supervisor for its frame, state and code range: gdb, trace, dumpcore, profile; signals:
+core's POLL and gdb's waits),
 ukvm.sandbox.needs (the words to declare what each module needs). Never a front end
 (tests/unit/test_layers.py checks it).
 """

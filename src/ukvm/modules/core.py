@@ -1,7 +1,8 @@
 """modules/core.py: core hypercalls: WALLTIME, PUTS, POLL (hvt-abi.md 8.4-8.6).
 
 HALT is handled by the VM's run loop. POLL waits on the fds other modules register with
-add_pollfd(); with none it is a plain sleep.
+add_pollfd(); with none it is a plain sleep. Under `ukvm run` it also waits on the signalfd of
+machine/signals.py, so that SIGINT/SIGTERM end even an hour-long sleep.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import select
 import time
 
 from ukvm import hvt_abi as hvt
+from ukvm.machine import signals
 from ukvm.modules import Module
 
 MAX_SLEEP_S = 3600.0   # long guest sleeps are taken in slices; a signal ends them anyway
+WAKE, SIGNALS = -1, -2  # pollfds handles that are no guest NIC
 
 
 class CoreModule(Module):
@@ -33,13 +36,15 @@ class CoreModule(Module):
         vm.hypercalls.register(hvt.HVT_HYPERCALL_WALLTIME, self.hvt_hc_walltime)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_PUTS, self.hvt_hc_puts)
         vm.hypercalls.register(hvt.HVT_HYPERCALL_POLL, self.hvt_hc_poll)
+        if signals.pending_fd() >= 0:
+            self.add_pollfd(signals.pending_fd(), SIGNALS)
 
     def enable_wake(self) -> None:
         """Let wake() end a POLL in progress (VM.request_stop); for VMs that are stopped from
         another thread."""
         if self.wake_fd < 0:
             self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            self.add_pollfd(self.wake_fd, -1)
+            self.add_pollfd(self.wake_fd, WAKE)
 
     def wake(self) -> None:
         if self.wake_fd >= 0:
@@ -87,6 +92,8 @@ class CoreModule(Module):
                 events = self._epoll.poll(MAX_SLEEP_S)
             for fd, _events in events:
                 handle = self.pollfds[fd]
+                if handle == SIGNALS:
+                    signals.deliver()            # its handler raises
                 if handle < 0:       # wake(): the VM is being stopped; stays set until on_reset
                     continue
                 ready_set |= 1 << handle

@@ -28,6 +28,7 @@ import time
 
 from ukvm.errors import GuestMemoryError, UkvmError, UsageError
 from ukvm.kvm import abi
+from ukvm.machine import signals
 from ukvm.machine.vcpu import host_emulates_cpl0
 from ukvm.modules.gdb.protocol import (GPRS, LAYOUT, MAX_PACKET, SEGMENTS, X87_CTRL, PacketReader, checksum,
                                        escape, target_xml, unescape)
@@ -83,7 +84,8 @@ class GdbStub:
             listener.listen(1)
             self.warn("Waiting for a debugger. Connect to it like this:")
             self.warn(f'\tgdb --ex="target remote localhost:{listener.getsockname()[1]}" {vm.kernel_path}')
-            self.sock, peer = listener.accept()
+            with signals.unblocked():          # SIGINT/SIGTERM end the wait (machine/signals.py)
+                self.sock, peer = listener.accept()
         except OSError as e:
             raise UsageError(f"gdb: cannot wait for a debugger on port {port}: {os.strerror(e.errno)}",
                              show_usage=False) from None
@@ -124,7 +126,8 @@ class GdbStub:
     def _next_packet(self) -> bytes:
         while not self.pending:
             try:
-                data = self.sock.recv(4096)
+                with signals.unblocked():
+                    data = self.sock.recv(4096)
                 if not data:
                     raise lost()
                 packets, bad = self.reader.feed(data)
