@@ -81,6 +81,7 @@ def env(tmp_path_factory, guest, host_file):
         "block-escape": [(APP, blk, 0o755), block_json, entry(DISK, tarfile.SYMTYPE, "../../../../etc/hostname")],
         "block-dir": [(APP, blk, 0o755), block_json, entry(DISK, tarfile.DIRTYPE)],
         "net": [(APP, net, 0o755), ("/urunc.json", urunc_json(keys(cmdline="mtu")), 0o644)],
+        "hello": [(APP, hello, 0o755), ("/urunc.json", urunc_json(keys()), 0o644)],
     }
     e = Containerd(work / "containerd")
     try:
@@ -147,6 +148,7 @@ def host_state(env):
     ("block-escape", (), f"image refused: {DISK}: No such file or directory"),
     ("block-dir", (), f"image refused: {DISK}: a directory, not a regular file"),
     ("net", ("--net-host",), HOST_NETNS_REFUSAL),
+    ("hello", ("--net-host",), HOST_NETNS_REFUSAL),       # no NIC: refused all the same
 ])
 def test_refused_with_one_line_and_nothing_touched(env, image, args, message, host_file):
     before, host_bytes = host_state(env), host_file.read_bytes()

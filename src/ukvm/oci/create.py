@@ -37,8 +37,7 @@ def create(c: Container, spec: dict, bundle: str, rootfs: str, root_fd: int, key
         parse(keys[UKVM_SERVE])                        # refused here, not in the container's process
         if not unikernel.nics:                         # else serve would listen in the runtime's netns
             raise OciError(f"{UKVM_SERVE}: the unikernel declares no network device to serve with")
-    if unikernel.nics:
-        network.check_own_netns(spec)
+    network.check_own_netns(spec)     # with a NIC or without: never the host's network (issue 18)
     linux = spec.get("linux") or {}
     group = cgroups.Cgroup(linux.get("cgroupsPath") or "", c.id, systemd_cgroup)
     os.makedirs(c.dir, mode=0o700)

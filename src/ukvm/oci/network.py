@@ -15,8 +15,8 @@ from ukvm.oci.state import OciError
 TAP_NAME = "ukvmtap0"
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
-HOST_NETNS_REFUSAL = ("the container has no network namespace of its own (host network): a unikernel's NIC "
-                      "takes over the namespace's interface, so ukvm-oci refuses to run it there")
+HOST_NETNS_REFUSAL = ("the container has no network namespace of its own (host network): ukvm-oci runs a "
+                      "unikernel only in one of its own (a NIC takes over the namespace's interface)")
 
 
 def libc_call(name: str, *args: int) -> None:
