@@ -17,6 +17,8 @@ import ctypes
 import os
 import _signal as signal  # the C module behind `signal`, without its enum import
 
+from ukvm.errors import UkvmError
+
 _SFD_FLAGS = os.O_CLOEXEC | os.O_NONBLOCK      # SFD_CLOEXEC, SFD_NONBLOCK have these values
 _caught: frozenset = frozenset()
 _fd = -1
@@ -38,8 +40,7 @@ def end_runs_on(signums) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.signalfd(-1, ctypes.byref(_sigset(signums)), _SFD_FLAGS)
     if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"signalfd: {os.strerror(err)}")
+        raise UkvmError(f"signalfd: {os.strerror(ctypes.get_errno())}")
     _caught, _fd = signums, fd
 
 
