@@ -273,17 +273,20 @@ def test_serve_pods_behind_a_service_answer_each_request_from_a_fresh_instance(c
         assert "requests served by this VM instance: 1" in body and f"path: /r{i}" in body, body[:200]
     c.kubectl("scale", "deployment", "fleet", "--replicas=3")
     pods = ready_pods(c, "fleet", 3)
-    # Ready is "started"; serve binds its metrics port just after its listening one.
+    # Ready is "started"; serve answers once its snapshot and clones exist.
     for p in pods:
-        wait_for(lambda: c.http(f"http://{p['status']['podIP']}:{METRICS_PORT}/metrics", timeout=2), 30,
-                 what=f"serve listening in {p['metadata']['name']}")
+        wait_for(lambda: c.http(f"http://{p['status']['podIP']}:{SERVE_PORT}/", timeout=3), 60, step=0.5,
+                 what=f"serve answering in {p['metadata']['name']}")
     before = {p["status"]["podIP"]: scraped_requests(c, p) for p in pods}
     wait_for(lambda: len(c.get("endpoints", "fleet")["subsets"][0].get("addresses", [])) == 3, 30,
              what="three endpoints")
     for i in range(40):
         body = c.http(f"http://{cluster_ip}/s{i}")
         assert "requests served by this VM instance: 1" in body, body[:200]
-    after = {p["status"]["podIP"]: scraped_requests(c, p) for p in pods}
+    def counted():     # a request is counted when serve reads the client's close, just after the answer
+        now = {p["status"]["podIP"]: scraped_requests(c, p) for p in pods}
+        return now if sum(now.values()) - sum(before.values()) >= 40 else None
+    after = wait_for(counted, 30, step=0.5, what="40 requests counted")
     assert all(after[ip] > before[ip] for ip in after), (before, after)     # each of the three served
     assert sum(after.values()) - sum(before.values()) == 40, (before, after)
     # Not waited for: kubelet 1.20 may leave a deleted pod's sandbox to its one-minute garbage

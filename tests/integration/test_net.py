@@ -87,8 +87,8 @@ def finish(proc, timeout=120):
     return proc.returncode, out.decode(errors="replace")
 
 
-def flood(ns, addr, count=FLOOD, pattern=None):
-    args = ["timeout", "90", "ping", "-fq", "-w", "80", "-c", str(count)]
+def flood(ns, addr, count=FLOOD, pattern=None, seconds=80):
+    args = ["timeout", str(seconds + 10), "ping", "-fq", "-w", str(seconds), "-c", str(count)]
     if pattern:
         args += ["-p", pattern]
     return ns.popen(*args, addr)

@@ -87,9 +87,17 @@ class Served:
             time.sleep(0.05)
 
     def usage(self) -> tuple[int, int, int]:
-        """(open fds, mappings, RSS in KiB) of the serve process (the child of `ip netns exec`)."""
+        """(open fds, mappings, RSS in KiB) of the serve process (the child of `ip netns exec`),
+        once every connection is over and the fd count holds for 0.2 s (the last client's
+        sockets close when serve reads its FIN; the metrics scrape's own socket, just after)."""
         pid = self.proc.pid
+        self.settled_metrics()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
+        for _ in range(25):
+            time.sleep(0.2)
+            now, fds = fds, len(os.listdir(f"/proc/{pid}/fd"))
+            if now == fds:
+                break
         maps = sum(1 for _ in open(f"/proc/{pid}/maps"))
         rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
         return fds, maps, rss

@@ -2,6 +2,7 @@
 without KVM: loopback TCP sockets stand in for the client and the guest, a fake VM for a clone.
 Every wait is bounded."""
 import collections
+import queue
 import socket
 import struct
 import threading
@@ -201,8 +202,8 @@ def make_server():
 
 def attach(server, r: Relayed, port=40000):
     """Put a relayed connection into the server's loop, as _assign would."""
-    clone = type("FakeClone", (), {})()
-    clone.vm, clone.conn, clone.retired = FakeVM(), r.conn, False
+    clone = Clone(0, FakeVM(), None, None, set())      # its thread never started
+    clone.assign(r.conn)
     r.conn.clone, r.conn.port = clone, port
     server.by_port[port] = r.conn
     server.sel.register(r.client_near, READ, ("client", r.conn))
@@ -302,6 +303,43 @@ def test_any_exception_in_a_clones_run_is_reported_and_the_clone_goes_on():
     assert len(calls) >= 2                           # it ran again after the failure
     clone.sock.close()
     other.close()
+
+
+def test_a_stop_for_a_run_that_is_over_does_not_reach_the_next_run():
+    """A deadline passes just as the guest halts on its own: ending that connection then must not
+    stop the clone's next (parked) run, whose connection would end for nothing."""
+    assigned = threading.Event()
+    runs = []
+
+    def run():
+        runs.append(1)
+        if len(runs) == 1:
+            assigned.wait(5)
+            return 0                                 # the guest halted on its own
+        vm.stopped.wait(5)                           # parked until stopped
+        vm.stopped.clear()
+        return None
+    vm = FakeVM(run=run)
+    reports = queue.Queue()
+    a, b = socket.socketpair()
+    clone = Clone(0, vm, a, lambda _c, outcome, _s, _r: reports.put(outcome), set())
+    clone.start()
+    try:
+        first = object()
+        clone.assign(first)
+        assigned.set()
+        assert reports.get(timeout=5) == ("halt", 0)    # that run is over, the clone reset
+        clone.stop_serving(first)                        # the loop ends its connection late
+        assert vm.stops == 0
+        second = object()
+        clone.assign(second)
+        clone.stop_serving(second)                       # a run in progress is stopped
+        assert reports.get(timeout=5) == ("stopped", None) and vm.stops == 1
+    finally:
+        clone.stop()
+        clone.thread.join(5)
+        a.close()
+        b.close()
 
 
 def test_a_clone_that_cannot_be_reset_reports_broken_and_ends_its_thread():

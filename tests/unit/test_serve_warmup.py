@@ -25,7 +25,11 @@ def pair():
     b.close()
 
 
-def test_warmup_retries_answers_arp_and_resets_the_handshake(pair):
+def test_warmup_retries_answers_arp_and_resets_the_handshake(pair, monkeypatch):
+    # Retries slow enough that this scripted guest (a thread, on a loaded host) answers the second
+    # SYN before a third is sent: the script expects exactly two.
+    monkeypatch.setattr(warmup, "FIRST_RETRY_S", 2.0)
+    monkeypatch.setattr(warmup, "LAST_RETRY_S", 4.0)
     switch_end, guest_end = pair
     seen = {"syns": [], "arp_reply": None, "reset": None}
 

@@ -297,7 +297,10 @@ class VM:
             raise
         finally:
             self._run_thread = None
-            if in_main:
+            # A handler of someone else's goes back; the default action never does: a thread that
+            # read _run_thread just before it was cleared may still send its kick (it would end
+            # the process).
+            if in_main and callable(old_usr1):
                 signal.signal(signal.SIGUSR1, old_usr1)
 
     def _run_loop(self) -> int | None:

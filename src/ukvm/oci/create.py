@@ -10,6 +10,7 @@ the FIFO: the process execs the tender, with the image's files as fds ukvm-oci c
 from __future__ import annotations
 
 import os
+import _signal as signal  # the C module behind `signal`, without its enum import
 import sys
 
 from ukvm.oci import cgroups, network
@@ -92,6 +93,12 @@ def _container_process(c: Container, spec: dict, unikernel: Unikernel, mem: int,
     """Set up, report to create, wait for start, exec the tender. Never returns."""
     try:
         group.join()                  # first: everything from here on is the container's
+        # Blocked from here, across the exec: as init of its PID namespace this process would
+        # drop a default-action SIGTERM, so a kill right after `start` (before the tender's
+        # handlers exist) was lost. Blocked, it waits: `ukvm run` keeps them blocked and takes
+        # them at KVM_RUN or POLL (machine/signals.py); `ukvm serve` unblocks them once its
+        # handlers are installed.
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
         os.setsid()
         net = None
         serve = unikernel.keys.get(UKVM_SERVE)      # `ukvm serve`: keeps the pod's NIC, makes its own TAP

@@ -122,7 +122,7 @@ class EventLoop:
         for conn in list(self.by_port.values()) + list(self.waiting):
             left = conn.deadline - now
             if left <= 0:
-                if conn.clone is not None:
+                if conn.clone is not None and conn.clone.serving is conn:    # not a run that just ended
                     self._count_failure("timeout")
                 self._finish(conn, "timeout")
             else:
@@ -238,7 +238,7 @@ class EventLoop:
             if self.by_port.get(conn.port) is conn:
                 del self.by_port[conn.port]
             if stop_clone:
-                conn.clone.vm.request_stop()
+                conn.clone.stop_serving(conn)
         else:
             try:
                 self.waiting.remove(conn)

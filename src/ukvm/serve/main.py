@@ -43,6 +43,8 @@ def serve_main(argv: list[str]) -> int:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         signal.signal(signal.SIGTERM, lambda *_: server.request_drain())
         signal.signal(signal.SIGINT, lambda *_: server.request_drain())
+        # ukvm-oci starts serve with them blocked, so that none sent earlier is lost (oci/create.py).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
         host, port = server.address[:2]
         print(f"ukvm serve: listening on {host}:{port}, guest {server.guest_ip}:{server.guest_port} "
               f"on {server.tap_name}, {len(server.clones)} clones", file=err, flush=True)

@@ -27,6 +27,8 @@ class Clone:
         self.vm = vm
         self.sock = sock                 # the switch's end of the clone's NIC
         self.conn = None                 # the Connection it serves, set and cleared by the loop
+        self.serving = None              # the Connection its current run serves (None once over)
+        self._serving_lock = threading.Lock()
         self.closing = False
         self.retired = False             # left the pool (broken); its sockets are closed
         self._report = report
@@ -38,6 +40,8 @@ class Clone:
 
     def assign(self, conn) -> None:
         self.conn = conn
+        with self._serving_lock:
+            self.serving = conn
         if self.on_assign is not None:
             self.on_assign(conn.number)
         self.vm.core.parked = False      # from now on its POLL timeouts are the guest's own
@@ -57,6 +61,8 @@ class Clone:
                 outcome = ("stopped", None) if status is None else ("halt", status)
             except Exception as e:       # noqa: BLE001 (any failure ends this run only)
                 outcome = ("fault", _describe(e))
+            with self._serving_lock:     # before the reset, which clears a stop that came late
+                self.serving = None
             if self.on_assign is not None:
                 self.on_assign(0)
             if self.closing:
@@ -85,6 +91,14 @@ class Clone:
                 return
             except OSError:
                 return
+
+    def stop_serving(self, conn) -> None:
+        """End the run that serves `conn`. Nothing if that run is over (the guest halted or
+        faulted while the loop was ending the connection): a stop set after the reset would end
+        the clone's next run, and its connection, for nothing."""
+        with self._serving_lock:
+            if self.serving is conn:
+                self.vm.request_stop()
 
     def stop(self) -> None:
         self.closing = True

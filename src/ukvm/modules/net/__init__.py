@@ -226,7 +226,10 @@ class NetModule(Module):
     # --- teardown ------------------------------------------------------------------------------
     def on_halt(self, vm: VM) -> None:
         if self.ring is not None:
-            self.ring.stop()
+            try:       # writes are queued without waiting: the guest may halt right after its last
+                self.ring.pause()
+            finally:
+                self.ring.stop()
 
     def sandbox_needs(self, vm: VM) -> Needs:
         """Frames in and out (hypercalls, reset's drain, or the ring thread and its eventfd)."""
