@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import solo5_sdk
-from conftest import ROOT, needs_kvm
+from conftest import ROOT, needs_kvm, read_until
 from test_net import Netns
 
 pytestmark = [needs_kvm, pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TAPs need root")]
@@ -54,12 +54,8 @@ class Served:
         self.proc = self.ns.popen(sys.executable, "-m", "ukvm", "serve", f"--listen=127.0.0.1:{LISTEN_PORT}",
                                   f"--guest=10.0.0.2:{guest_port}", "--host-ip=10.0.0.1/24", "--mem=64",
                                   "--metrics=127.0.0.1:9100", *options, "--", image, *guest_args)
-        self.output = b""
-        deadline = time.monotonic() + 60
-        while b"ukvm serve: listening" not in self.output:
-            line = self.proc.stdout.readline()
-            assert line and time.monotonic() < deadline, self.output.decode(errors="replace")
-            self.output += line
+        self.output = read_until(self.proc, b"ukvm serve: listening", timeout=60)    # bounded even if silent
+        assert b"ukvm serve: listening" in self.output, self.output.decode(errors="replace")
 
     def client(self, *args: str, mirage: bool = False, script: Path = CLIENT) -> dict:
         p = self.ns.run(sys.executable, script, *(["--mirage"] if mirage else []), "127.0.0.1", str(LISTEN_PORT),
