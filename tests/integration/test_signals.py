@@ -2,9 +2,11 @@
 (machine/signals.py). The race itself is a few microseconds wide; these tests make its outcome
 certain instead: the signal is already pending when KVM_RUN or POLL's wait begins, which before
 the fix meant a guest that spins or sleeps for an hour was never stopped."""
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -47,3 +49,27 @@ def test_a_pending_signal_ends_the_wait(guest, attack, where):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "pending\nended: Exiting on signal 15\n", (p.stdout, p.stderr)
+
+
+def test_a_signal_ends_a_console_write_nobody_reads(guest):
+    """The guest's console is a pipe whose reader stopped reading: the tender blocks in write(),
+    where SIGTERM must still end it (the signals are unblocked around console writes)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ukvm", "run", "--mem=8", str(guest("test_hostile")), "flood"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):                   # the flood (146 KB) fills the pipe (64 KB): blocked
+            with open(f"/proc/{proc.pid}/wchan") as f:
+                if "pipe" in f.read():
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the tender never blocked writing to its console")
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=30)         # stdout still unread
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert status == 1
+    assert proc.stderr.read() == b"ukvm: Exiting on signal 15\n"

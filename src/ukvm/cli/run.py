@@ -151,15 +151,17 @@ def _run_to_snapshot(vm: VM, path: str, prog: str, sandboxed: bool) -> int:
             confine_snapshot_run(vm, writer)
         vm.core.on_idle = vm.request_stop
         status = vm.run()
+        signals.deliver()                    # one that came as the run ended: no snapshot
         if status is not None:
             print(f"{prog}: the guest exited (status {status}) before it was ready; no snapshot written",
                   file=sys.stderr, flush=True)
             return status
-        snap = vm.snapshot()
-        try:
-            writer.write(snap)
-        finally:
-            snap.close()
+        with signals.unblocked():            # a signal ends the capture or the write; close() removes the file
+            snap = vm.snapshot()
+            try:
+                writer.write(snap)
+            finally:
+                snap.close()
     finally:
         writer.close()
     print(f"{prog}: snapshot written to {path}", file=sys.stderr, flush=True)
@@ -177,7 +179,9 @@ def _run(vm: VM, values: dict, prog: str) -> int:
     else:
         print(f"{prog}: WARNING: --x-no-sandbox: the tender is NOT confined by seccomp; "
               "a compromised tender can do anything this process can.", file=sys.stderr, flush=True)
-    return vm.run()
+    status = vm.run()
+    signals.deliver()       # one that came during the halt hooks ends the tender as during the run
+    return status
 
 
 def _boot_and_run(argv: list[str], kernel_at: int, restore: str | None, kernel, prog: str) -> int:

@@ -132,10 +132,12 @@ class CoreModule(Module):
 
 
 def write_all(fd: int, buf) -> None:
-    """Console output: all bytes, in order. A console nobody reads (EPIPE) drops the output."""
+    """Console output: all bytes, in order. A console nobody reads (EPIPE) drops the output. A
+    reader that stops reading blocks the write: SIGINT/SIGTERM still end it (machine/signals.py)."""
     try:
-        while buf:
-            n = os.write(fd, buf)
-            buf = buf[n:]
+        with signals.unblocked():
+            while buf:
+                n = os.write(fd, buf)
+                buf = buf[n:]
     except OSError:
         pass

@@ -19,6 +19,7 @@ import time
 
 from ukvm import hvt_abi as hvt
 from ukvm.errors import UkvmError, UsageError
+from ukvm.machine import signals
 from ukvm.modules import Module
 from ukvm.options import Option, text
 
@@ -54,8 +55,9 @@ class Tracer:
         line = self.dumps(record, separators=(",", ":")) + "\n"
         data = line.encode()
         try:
-            while data:
-                data = data[os.write(self.fd, data):]
+            with signals.unblocked():    # a FIFO nobody drains blocks: a signal still ends it
+                while data:
+                    data = data[os.write(self.fd, data):]
         except OSError:
             pass        # a trace nobody reads any more does not end the guest
 

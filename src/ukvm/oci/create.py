@@ -102,8 +102,8 @@ def _container_process(c: Container, spec: dict, unikernel: Unikernel, mem: int,
         os.setsid()
         net = None
         serve = unikernel.keys.get(UKVM_SERVE)      # `ukvm serve`: keeps the pod's NIC, makes its own TAP
+        network.enter_netns(spec, loopback=bool(unikernel.nics))    # the tender lives there, as runc's process would
         if unikernel.nics:
-            network.enter_netns(spec)
             net = None if serve else network.setup_network()
         if serve:
             argv = serve_argv(serve, unikernel.binary, mem, unikernel.cmdline, tender_boot())

@@ -64,9 +64,10 @@ def _host_namespaces() -> set[tuple[int, int]]:
     return ids
 
 
-def enter_netns(spec: dict) -> None:
+def enter_netns(spec: dict, loopback: bool = True) -> None:
     """Join the container's network namespace (CRI gives a path), or make a new one (runc's
-    behaviour for a `network` entry without a path); then check that it is not the host's."""
+    behaviour for a `network` entry without a path, with `lo` up unless `loopback` is false: a
+    unikernel without a NIC never uses it); then check that it is not the host's."""
     check_own_netns(spec)
     host = _host_namespaces()
     ns = namespace_entry(spec, "network")
@@ -77,9 +78,10 @@ def enter_netns(spec: dict) -> None:
         finally:
             os.close(fd)
     else:
-        import subprocess
         libc_call("unshare", CLONE_NEWNET)
-        subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True)
+        if loopback:
+            import subprocess
+            subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True)
     if _ns_id("/proc/self/ns/net") in host:       # belt and braces: never set up the host's NIC
         raise OciError(HOST_NETNS_REFUSAL)
 

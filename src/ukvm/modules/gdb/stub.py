@@ -119,7 +119,8 @@ class GdbStub:
     def _send(self, payload: bytes) -> None:
         data = escape(payload)
         try:
-            self.sock.sendall(b"$" + data + b"#" + checksum(data))
+            with signals.unblocked():          # a debugger that stops reading: a signal still ends it
+                self.sock.sendall(b"$" + data + b"#" + checksum(data))
         except OSError:
             raise lost() from None
 
@@ -133,7 +134,8 @@ class GdbStub:
                 packets, bad = self.reader.feed(data)
                 acks = b"-" * bad + b"+" * sum(1 for p in packets if p != b"\x03")
                 if acks:
-                    self.sock.sendall(acks)
+                    with signals.unblocked():
+                        self.sock.sendall(acks)
             except OSError:
                 raise lost() from None
             self.pending += packets

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ukvm import hvt_abi as hvt
-from ukvm.errors import HostIOError, UsageError
+from ukvm.errors import HostIOError, UkvmError, UsageError
 from ukvm.machine.manifest import MFT_DEV_NET_BASIC, Entry
 from ukvm.modules import Module
 from ukvm.options import DECLINE, NET, NET_MAC, BadValue, Option, choice
@@ -227,7 +227,10 @@ class NetModule(Module):
     def on_halt(self, vm: VM) -> None:
         if self.ring is not None:
             try:       # writes are queued without waiting: the guest may halt right after its last
-                self.ring.pause()
+                if not self.ring.failed:         # else its error is what the run reports
+                    self.ring.pause()
+            except (UkvmError, OSError) as e:    # the guest's status stands; the loss is said
+                self.warn(f"frames queued before the guest halted were not all sent: {e}")
             finally:
                 self.ring.stop()
 

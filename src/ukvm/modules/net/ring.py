@@ -67,6 +67,7 @@ class RingServer:
         self.gpa = mem.limit
         self.efd = efd
         self.on_error = on_error
+        self.failed = False              # its thread reported an error (its last batch may be half sent)
         self.stopping = False
         self._fence_lock = threading.Lock()
         self.ring = mem.tender_area(self.gpa, hvt.HVT_RING_STRUCT_SIZE)
@@ -104,8 +105,10 @@ class RingServer:
         try:
             self._loop()
         except UkvmError as e:
+            self.failed = True
             self.on_error(e)
         except OSError as e:
+            self.failed = True
             self.on_error(HostIOError(f"Ring I/O thread failed: {os.strerror(e.errno)}"))
 
     def _loop(self) -> None:
