@@ -168,11 +168,8 @@ def test_oci_build_streams_block_images(guest, tmp_path):
 def test_json_text_is_json(value):
     from ukvm.oci.state import json_text
     for indent in (None, 2):
+        assert json_text(value, indent) == json.dumps(value, indent=indent, ensure_ascii=False)
         assert json.loads(json_text(value, indent)) == value
-        if indent and isinstance(value, dict) and all(isinstance(v, (int, list)) for v in value.values()):
-            assert json_text(value, indent) == json.dumps(value, indent=indent)
-    assert json_text({"x": [1, {"y": "z"}]}, 2) == json.dumps({"x": [1, {"y": "z"}]}, indent=2)
-    assert json_text({"x": [1, {"y": "z"}]}) == json.dumps({"x": [1, {"y": "z"}]})
 
 
 def test_signal_table_matches_the_host():
