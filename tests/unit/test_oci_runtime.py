@@ -181,13 +181,28 @@ def test_signal_table_matches_the_host():
 
 @pytest.mark.parametrize("spec", [
     [], {"annotations": ["x"]}, {"annotations": {ANNOTATION + "binary": 5}}, {"root": "rootfs"},
-    {"root": {"path": 1}}, {"linux": ["x"]}, {"linux": {"resources": 1}}, {"linux": {"namespaces": ["pid"]}}])
+    {"root": {"path": 1}}, {"linux": ["x"]}, {"linux": {"resources": 1}}, {"linux": {"namespaces": ["pid"]}},
+    {"linux": {"resources": {"memory": 5}}}, {"linux": {"resources": {"cpu": {"cpus": 1}}}}])
 def test_config_json_of_the_wrong_types_is_one_line(spec, tmp_path):
     from ukvm.oci.runtime import cmd_create
     (tmp_path / "config.json").write_text(json.dumps(spec))
     with pytest.raises(OciError, match="^config.json: "):
         cmd_create(str(tmp_path / "state"), "c1", str(tmp_path), None, None, False, None, [])
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "^update: --resources: Expecting property name"), ('{"memory": 5}', "^update: --resources: not "),
+    ("[1]", "^update: --resources: not ")])
+def test_update_with_resources_not_of_the_spec_is_one_line(tmp_path, text, message):
+    from ukvm.oci.runtime import cmd_update
+    from ukvm.oci.state import Container
+    c = Container(str(tmp_path), "c1")
+    os.makedirs(c.dir)
+    c.save({"id": "c1", "pid": 1, "start_time": 0, "cgroup": {"version": 1, "dirs": {}}})
+    (tmp_path / "res.json").write_text(text)
+    with pytest.raises(OciError, match=message):
+        cmd_update(c, {"resources": str(tmp_path / "res.json")}, None)
 
 
 @pytest.mark.parametrize("serve, message", [

@@ -21,7 +21,7 @@ import time
 
 from ukvm.errors import UkvmError
 from ukvm.oci.state import (DEFAULT_ROOT, OCI_VERSION, Container, Log, OciError, alive, check_spec, freezer_file,
-                            frozen, is_sandbox, json_text, parse_json)
+                            check_resources, frozen, is_sandbox, json_text, parse_json)
 
 RUNC_PATHS = ("/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc")
 EXEC_REFUSAL = ("exec: a unikernel container has no processes or shell to run a command in; use httpGet or "
@@ -149,9 +149,10 @@ def cmd_update(c: Container, opts: dict[str, str], stdin) -> int:
     if "resources" in opts or "r" in opts:
         source = opts.get("resources", opts.get("r"))
         text = stdin.read() if source == "-" else open(source).read()
-        resources = parse_json(text) if text.strip() else {}
-        if not isinstance(resources, dict):
-            raise OciError("update: --resources is not linux.resources' JSON object")
+        try:
+            resources = check_resources(parse_json(text) if text.strip() else {}, "update: --resources")
+        except ValueError as e:            # not JSON
+            raise OciError(f"update: --resources: {e}") from None
     flags = {"memory": ("memory", "limit"), "cpu-quota": ("cpu", "quota"), "cpu-period": ("cpu", "period"),
              "cpu-share": ("cpu", "shares"), "pids-limit": ("pids", "limit")}
     for flag, (group, key) in flags.items():

@@ -41,10 +41,22 @@ def check_spec(spec) -> dict:
         raise OciError("config.json: root.path is not a string")
     linux = spec.get("linux") or {}
     namespaces = linux.get("namespaces") or []
-    if not isinstance(linux.get("resources") or {}, dict) or not isinstance(linux.get("cgroupsPath") or "", str) \
+    if not isinstance(linux.get("cgroupsPath") or "", str) \
             or not isinstance(namespaces, list) or not all(isinstance(ns, dict) for ns in namespaces):
-        raise OciError("config.json: linux.resources, cgroupsPath or namespaces is not of the spec's type")
+        raise OciError("config.json: linux.cgroupsPath or namespaces is not of the spec's type")
+    check_resources(linux.get("resources") or {}, "config.json: linux.resources")
     return spec
+
+
+def check_resources(resources, where: str) -> dict:
+    """linux.resources in the shapes cgroups.py reads (from config.json, or `update`'s file)."""
+    if not isinstance(resources, dict) or not all(isinstance(resources.get(k) or {}, dict)
+                                                  for k in ("cpu", "memory", "pids")):
+        raise OciError(f"{where}: not linux.resources' JSON object (cpu, memory and pids objects)")
+    cpu = resources.get("cpu") or {}
+    if not all(isinstance(cpu.get(k) or "", str) for k in ("cpus", "mems")):
+        raise OciError(f"{where}: cpu.cpus and cpu.mems are strings")
+    return resources
 
 
 def is_sandbox(spec: dict) -> bool:
