@@ -205,18 +205,22 @@ def test_update_with_resources_not_of_the_spec_is_one_line(tmp_path, text, messa
         cmd_update(c, {"resources": str(tmp_path / "res.json")}, None)
 
 
-@pytest.mark.parametrize("serve, message", [
-    ("guest-port=80,pool=0", "pool must be at least 1"),
-    ("guest-port=80", "declares no network device")])
-def test_a_serve_image_is_refused_before_the_host_is_touched(guest, tmp_path, serve, message):
-    """com.ukvm.serve refused in create, not in the container's process; and never for a
-    unikernel without a NIC (serve would listen in the runtime's own network namespace)."""
+BLOCK_ONLY = '{"name": "storage", "type": "BLOCK_BASIC"}'
+NIC_AND_BLOCK = BLOCK_ONLY + ', {"name": "service0", "type": "NET_BASIC"}'
+
+
+@pytest.mark.parametrize("devices, serve, message", [
+    (BLOCK_ONLY, "guest-port=80,pool=0", "pool must be at least 1"),
+    (BLOCK_ONLY, "guest-port=80", "declares no network device"),
+    (NIC_AND_BLOCK, "guest-port=80", "exactly one device, its NIC \\(it declares 2\\)")])
+def test_a_serve_image_is_refused_before_the_host_is_touched(guest, tmp_path, devices, serve, message):
+    """com.ukvm.serve refused in create, not in the container's process: for a unikernel without
+    a NIC (serve would listen in the runtime's own network namespace), or with more than its NIC."""
     import shutil
     from ukvm.oci.create import create
     from ukvm.errors import UkvmError
     from ukvm.oci.state import Container
-    app = guest("test_blk", '{"type": "solo5.manifest", "version": 1, '
-                            '"devices": [{"name": "storage", "type": "BLOCK_BASIC"}]}', cpl0=False)
+    app = guest("test_blk", f'{{"type": "solo5.manifest", "version": 1, "devices": [{devices}]}}', cpl0=False)
     rootfs = tmp_path / "rootfs"
     (rootfs / "unikernel").mkdir(parents=True)
     shutil.copy(app, rootfs / "unikernel" / "app.hvt")

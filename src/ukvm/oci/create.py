@@ -38,6 +38,9 @@ def create(c: Container, spec: dict, bundle: str, rootfs: str, root_fd: int, key
         parse(keys[UKVM_SERVE])                        # refused here, not in the container's process
         if not unikernel.nics:                         # else serve would listen in the runtime's netns
             raise OciError(f"{UKVM_SERVE}: the unikernel declares no network device to serve with")
+        if unikernel.device_count != 1:                # what serve takes (serve/server.py), said here
+            raise OciError(f"{UKVM_SERVE}: the unikernel must declare exactly one device, its NIC "
+                           f"(it declares {unikernel.device_count})")
     network.check_own_netns(spec)     # with a NIC or without: never the host's network (issue 18)
     linux = spec.get("linux") or {}
     group = cgroups.Cgroup(linux.get("cgroupsPath") or "", c.id, systemd_cgroup)

@@ -106,6 +106,7 @@ class Unikernel:
         finally:
             kernel.close()
         self.nics = [e.name for e in devices if e.type == MFT_DEV_NET_BASIC]
+        self.device_count = len(devices)
         block_names = [e.name for e in devices if e.type == MFT_DEV_BLOCK_BASIC]
         given = dict(item.split("=", 1) for item in keys.get(UKVM_BLOCKS, "").split(",") if "=" in item)
         if not given and keys.get(ANNOTATION + "block") and len(block_names) == 1:
