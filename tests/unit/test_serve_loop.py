@@ -364,7 +364,7 @@ def test_a_broken_clone_leaves_the_pool_and_the_last_one_stops_the_server():
             server.idle.append(c)
             server.sel.register(a, READ, ("clone", c))
             clones.append((c, b))
-        from ukvm.machine.exits import HYPERCALL_NAMES
+        from ukvm.hvt_abi import HYPERCALL_NAMES
         poll = next(nr for nr, name in HYPERCALL_NAMES.items() if name == "poll")
         clones[0][0].vm.stats.counts[poll] = 5
         clones[1][0].vm.stats.counts[poll] = 2

@@ -12,7 +12,6 @@ from ukvm import hvt_abi as hvt
 from ukvm.errors import GuestFault
 from ukvm.kvm import abi
 
-HYPERCALL_NAMES = hvt.HYPERCALL_NAMES      # here too for its older importers (serve)
 
 
 class HypercallTable:
@@ -71,7 +70,7 @@ class HypercallStats:
 
     def report(self) -> str:
         lines = [f"{'hypercall':<12} {'count':>10} {'total ms':>10} {'mean us':>9}"]
-        for nr, name in HYPERCALL_NAMES.items():
+        for nr, name in hvt.HYPERCALL_NAMES.items():
             if self.counts[nr]:
                 mean = self.seconds[nr] / self.counts[nr] * 1e6
                 lines.append(f"{name:<12} {self.counts[nr]:>10} {self.seconds[nr] * 1e3:>10.3f} {mean:>9.1f}")

@@ -133,7 +133,8 @@ class CoreModule(Module):
 
 def write_all(fd: int, buf) -> None:
     """Console output: all bytes, in order. A console nobody reads (EPIPE) drops the output. A
-    reader that stops reading blocks the write: SIGINT/SIGTERM still end it (machine/signals.py)."""
+    reader that stops reading blocks the write: SIGINT/SIGTERM still end it (machine/signals.py),
+    for two rt_sigprocmask calls per PUTS under `ukvm run` (about 1 µs against the exit's 5-10)."""
     try:
         with signals.unblocked():
             while buf:

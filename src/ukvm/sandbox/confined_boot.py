@@ -38,10 +38,11 @@ def boot_confined(make_snapshot, user: str | None, sandboxed: bool, timeout_s: f
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:                                          # the child: never returns
         parent_end.close()
-        _child(make_snapshot, uid, gid, child_end)
+        _child(make_snapshot, uid, gid, child_end, parent)
     child_end.close()
     try:
         if not select.select([parent_end], [], [], timeout_s)[0]:
@@ -64,18 +65,20 @@ def boot_confined(make_snapshot, user: str | None, sandboxed: bool, timeout_s: f
             pass
 
 
-def _child(make_snapshot, uid: int, gid: int, chan: socket.socket) -> None:
+def _child(make_snapshot, uid: int, gid: int, chan: socket.socket, parent: int) -> None:
     code = 1
     try:
-        from ukvm.sandbox.bpf import _libc
-        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        from ukvm.sandbox.privileges import _libc
+        # Dies with serve; if serve died before this line, there is nobody to boot for.
+        if _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(1)
 
         image: list[int] = []             # the memfd the snapshot file is written to
 
         def confine(vm, extra) -> None:
             from ukvm.machine.snapshot import capture_needs
             from ukvm.sandbox import privileges
-            from ukvm.sandbox.bpf import compile_needs, install
+            from ukvm.sandbox.bpf import compile_needs
             from ukvm.sandbox.needs import Needs
             from ukvm.sandbox.policy import interpreter_needs, threads_needs, vm_needs
             vm.core.enable_wake()             # made now: the filter names it
@@ -85,10 +88,7 @@ def _child(make_snapshot, uid: int, gid: int, chan: socket.socket) -> None:
                      | Needs().on_fds(("sendmsg", "sendto"), {chan.fileno()}).allow("pselect6", "getrandom")
                      .on_fds(("pwrite64", "ftruncate"), {image[0]}))
             program = compile_needs(needs)
-            privileges.empty_root()
-            privileges.drop_to(uid, gid)
-            privileges.not_dumpable()
-            install(program)
+            privileges.confine(uid, gid, program)
 
         snap = make_snapshot(confine)
         snap.write_image(image[0])

@@ -93,12 +93,7 @@ class Needs:
         return self
 
     def __or__(self, other: Needs) -> Needs:
-        union = Needs()
-        for source in (self, other):
-            for name, alternatives in source.rules.items():
-                union.rules.setdefault(name, set()).update(alternatives)
-            union.errors.update(source.errors)
-        return union
+        return Needs.union((self, other))
 
     @staticmethod
     def union(parts) -> Needs:

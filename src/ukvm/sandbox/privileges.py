@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ukvm.sandbox.bpf import SandboxError
+from ukvm.sandbox.bpf import SandboxError, install
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
@@ -122,3 +122,12 @@ def drop_to(uid: int, gid: int) -> None:
 
 def not_dumpable() -> None:
     _check(_libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)")
+
+
+def confine(uid: int, gid: int, program) -> None:
+    """The last steps of serve's confinement, in their order: an empty root, the drop to uid/gid,
+    not dumpable, and the filter last (it forbids what the steps before it use)."""
+    empty_root()
+    drop_to(uid, gid)
+    not_dumpable()
+    install(program)

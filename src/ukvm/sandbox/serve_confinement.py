@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from ukvm.sandbox.bpf import compile_needs, install
+from ukvm.sandbox.bpf import compile_needs
 from ukvm.sandbox.needs import Needs
 
 DEFAULT_USER = "nobody"
@@ -75,7 +75,4 @@ def confined_start(server, user: str | None = DEFAULT_USER, sandboxed: bool = Tr
     server.start()
     _preload()
     program = compile_needs(serve_needs(server))
-    privileges.empty_root()
-    privileges.drop_to(uid, gid)
-    privileges.not_dumpable()
-    install(program)
+    privileges.confine(uid, gid, program)

@@ -14,7 +14,7 @@ import struct
 import time
 
 from ukvm.errors import UkvmError
-from ukvm.machine.exits import HYPERCALL_NAMES
+from ukvm.hvt_abi import HYPERCALL_NAMES
 from ukvm.serve import relay
 from ukvm.serve.pool import Clone
 from ukvm.serve.relay import READ, WRITE, Connection

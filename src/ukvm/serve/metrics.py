@@ -2,7 +2,7 @@
 when --metrics is given). The per-hypercall exit counts are read from the clones when scraped."""
 from __future__ import annotations
 
-from ukvm.machine.exits import HYPERCALL_NAMES
+from ukvm.hvt_abi import HYPERCALL_NAMES
 
 
 class Metrics:

@@ -17,7 +17,7 @@ import socket
 import threading
 
 from ukvm.errors import UkvmError
-from ukvm.machine.exits import HYPERCALL_NAMES
+from ukvm.hvt_abi import HYPERCALL_NAMES
 from ukvm.machine.manifest import MFT_DEV_NET_BASIC
 from ukvm.machine.snapshot import data_ranges
 from ukvm.machine.vm import VM, Kernel
