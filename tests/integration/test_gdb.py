@@ -18,14 +18,19 @@ pytestmark = [needs_kvm, pytest.mark.skipif(shutil.which("gdb") is None,
 PORT_LINE = re.compile(rb'target remote localhost:(\d+)')
 
 
-def start_tender(kernel, *args):
-    """The tender waiting for a debugger on a free port; returns (process, port)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ukvm", "run", "--mem=16", "--gdb", "--gdb-port=0", "--",
-                             str(kernel), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def start(*run_args):
+    """`ukvm run --gdb --gdb-port=0 RUN_ARGS` waiting for a debugger; returns (process, port)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ukvm", "run", "--gdb", "--gdb-port=0", *map(str, run_args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = read_until(proc, b"target remote localhost:", timeout=30)
     m = PORT_LINE.search(out + read_until(proc, b"\n", timeout=5))
     assert m, out
     return proc, int(m[1])
+
+
+def start_tender(kernel, *args):
+    """The tender waiting for a debugger on a free port; returns (process, port)."""
+    return start("--mem=16", "--", kernel, *args)
 
 
 def gdb(kernel, port, *commands):

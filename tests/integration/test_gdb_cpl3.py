@@ -6,13 +6,12 @@ import re
 import socket
 import struct
 import subprocess
-import sys
 
 import pytest
 
 import solo5_sdk
 from conftest import GUESTS, needs_kvm, read_until, ukvm
-from test_gdb import PORT_LINE, _packet, _reply, finish, gdb
+from test_gdb import _packet, _reply, finish, gdb, start, start_tender
 
 pytestmark = [needs_kvm, pytest.mark.skipif(__import__("shutil").which("gdb") is None, reason="needs gdb")]
 UP = solo5_sdk.UPSTREAM / "tests"
@@ -29,20 +28,6 @@ def sse_guests(tmp_path_factory):
     if solo5_sdk.available():
         built["solo5"] = solo5_sdk.build(SRC, out / "sse-solo5.hvt", cflags=("-O0", "-g", f"-I{GUESTS}"))
     return built
-
-
-def start(*run_args):
-    """`ukvm run --gdb --gdb-port=0 RUN_ARGS` waiting for a debugger; returns (process, port)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ukvm", "run", "--gdb", "--gdb-port=0", *map(str, run_args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = read_until(proc, b"target remote localhost:", timeout=30)
-    m = PORT_LINE.search(out + read_until(proc, b"\n", timeout=5))
-    assert m, out
-    return proc, int(m[1])
-
-
-def start_tender(kernel, *args):
-    return start("--mem=16", "--", kernel, *args)
 
 
 def kernel_of(sse_guests, build):

@@ -48,11 +48,18 @@ def test_warmup_retries_answers_arp_and_resets_the_handshake(pair, monkeypatch):
                                             syn.seq + 1, frames.TCP_SYN | frames.TCP_ACK))
             seen["reset"] = frames.parse_tcp(guest_end.recv(2048))
 
-    t = threading.Thread(target=guest)
+    def scripted():      # an assertion in the thread fails the test, not just a warning
+        try:
+            guest()
+        except BaseException as e:   # noqa: BLE001
+            seen["error"] = e
+    t = threading.Thread(target=scripted)
     t.start()
     warmup._handshake(switch_end, Switch(GUEST_IP, GUEST_MAC, PORT, HOST_IP, TAP_MAC), {})
     t.join(10)
     assert not t.is_alive()
+    if "error" in seen:
+        raise seen["error"]
     first, second = seen["syns"]
     assert first.sport != second.sport                       # each attempt on a port of its own
     oper, sha, spa, tha, tpa = frames.parse_arp(seen["arp_reply"])
