@@ -52,7 +52,9 @@ def serve_argv(text: str, binary: str, mem_mib: int, cmdline: str, boot: list[st
     opts = parse(text)
     boot = [arg for arg in boot if arg != "-S"]     # serve's metrics need site-packages (prometheus_client)
     guest = f"{GUEST_NET}.2"
-    args = f"--ipv4={guest}/24 --ipv4-gateway={GUEST_NET}.1 {cmdline}".split()
-    return [*boot, "serve", f"--mem={mem_mib}", f"--listen=0.0.0.0:{opts['port']}",
+    from ukvm.oci.unikernel import address_args
+    from ukvm.options import MEM
+    args = f"{address_args(f'{guest}/24', f'{GUEST_NET}.1')} {cmdline}".split()
+    return [*boot, "serve", MEM.render(mem_mib), f"--listen=0.0.0.0:{opts['port']}",
             f"--guest={guest}:{opts['guest-port']}", f"--host-ip={GUEST_NET}.1/24",
             f"--metrics=0.0.0.0:{opts['metrics-port']}", f"--pool={opts['pool']}", "--", binary, *args]

@@ -85,6 +85,12 @@ def guest_mem_mib(spec: dict) -> int:
     return min(guest, GUEST_MAX_MIB)
 
 
+def address_args(ip: str, gateway: str | None) -> str:
+    """The guest's address at the front of its command line, as urunc passes it to Solo5 guests
+    (the lwIP example and MirageOS read these); no gateway, no --ipv4-gateway."""
+    return f"--ipv4={ip}" + (f" --ipv4-gateway={gateway}" if gateway else "")
+
+
 class Unikernel:
     """The checked image of one container: its binary and block images as O_PATH fds (kept open,
     inheritable, for the tender), its devices, command line and keys."""
@@ -131,7 +137,6 @@ class Unikernel:
         cmdline = self.cmdline
         if self.nics and net is not None:
             argv += [NET.render(net["tap"], self.nics[0]), NET_MAC.render(net["mac"], self.nics[0])]
-            if net.get("ip"):       # the pod's address, passed as urunc passes it to Solo5 guests
-                gateway = f" --ipv4-gateway={net['gateway']}" if net.get("gateway") else ""
-                cmdline = f"--ipv4={net['ip']}{gateway} {cmdline}".strip()
+            if net.get("ip"):
+                cmdline = f"{address_args(net['ip'], net.get('gateway'))} {cmdline}".strip()
         return argv + ["--", self.binary] + (cmdline.split() if cmdline else [])
